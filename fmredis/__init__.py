@@ -1,0 +1,37 @@
+"""fmredis: a synchronous, thread-safe Redis session store with as little per-operation overhead as possible."""
+
+from fmredis.client import build_connection_pool, create_redis_client, diagnostics
+from fmredis.config import ConfigManager, RedisSettings, resolve_settings
+from fmredis.errors import (
+    ConfigurationError,
+    FmRedisError,
+    InvalidKeyError,
+    InvalidTTLError,
+    SerializationError,
+    StoreError,
+    StoreUnavailable,
+)
+from fmredis.redis_store import RedisSessionStore
+from fmredis.store import MAX_KEY_LENGTH, ISessionStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "ConfigManager",
+    "ConfigurationError",
+    "FmRedisError",
+    "ISessionStore",
+    "InvalidKeyError",
+    "InvalidTTLError",
+    "RedisSessionStore",
+    "RedisSettings",
+    "SerializationError",
+    "StoreError",
+    "StoreUnavailable",
+    "__version__",
+    "build_connection_pool",
+    "create_redis_client",
+    "diagnostics",
+    "resolve_settings",
+]

@@ -1,0 +1,55 @@
+"""The one exception hierarchy fmredis raises.
+
+Every error derives from :class:`FmRedisError`; where a builtin says the same thing the error inherits it too, so
+``except ValueError`` keeps working for callers who do not know fmredis. Messages name the offending key or setting and
+never contain a secret or a session payload.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "FmRedisError",
+    "InvalidKeyError",
+    "InvalidTTLError",
+    "SerializationError",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+
+class FmRedisError(Exception):
+    """Base class of every error raised by fmredis."""
+
+
+class ConfigurationError(FmRedisError, ValueError):
+    """A setting is missing, malformed or out of range.
+
+    ``key`` is the setting's name (``"port"``) and ``source`` where the bad value came from
+    (``"environment variable REDIS_PORT"``); either may be ``None`` when the problem is not tied to one setting.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.source = source
+
+
+class InvalidKeyError(FmRedisError, ValueError):
+    """A session key is not a non-empty ``str`` of at most the documented length."""
+
+
+class InvalidTTLError(FmRedisError, ValueError):
+    """A TTL is not a positive ``int`` no greater than the store's ``max_ttl``."""
+
+
+class SerializationError(FmRedisError, TypeError):
+    """A session value is not a ``dict`` that serializes to JSON; raised before anything is written."""
+
+
+class StoreError(FmRedisError):
+    """The store's backend failed to carry out an operation (the backend's exception is the ``__cause__``)."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """The backend could not be reached in time: connection refused or lost, socket timeout, pool exhausted."""

@@ -1,0 +1,41 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fmredis",
+    version="0.1.0",
+    description="A synchronous, thread-safe Redis session store with minimal per-operation overhead",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["fmredis", "fmredis.*"]),
+    package_data={"fmredis": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "redis[hiredis]>=5.0",
+        "orjson>=3.9",
+        "attrs>=23.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-benchmark>=4",
+            "pytest-redis>=3",
+            "pytest-timeout>=2",
+            "hypothesis>=6",
+        ],
+        "bench": [
+            "pytest>=8",
+            "pytest-benchmark>=4",
+            "pytest-redis>=3",
+            "matplotlib>=3.7",
+        ],
+        "lint": ["ruff>=0.5"],
+        "type": ["mypy>=1.10", "types-redis"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Typing :: Typed",
+    ],
+)

@@ -1,0 +1,56 @@
+"""The reason fmredis exists: successful store operations emit no log record at any level, DEBUG included."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from fmredis import RedisSessionStore
+
+
+class Counter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def root_records() -> Iterator[list[logging.LogRecord]]:
+    root = logging.getLogger()
+    handler, level = Counter(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler.records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def test_the_hot_path_logs_nothing(redis_store: RedisSessionStore, root_records: list[logging.LogRecord]) -> None:
+    for i in range(200):
+        key = f"s{i}"
+        redis_store.set(key, {"user_id": f"u{i}", "context": {"phase": "analysis"}}, ttl=600)
+        assert redis_store.get(key) is not None
+        assert redis_store.exists(key)
+        assert redis_store.extend_ttl(key)
+        assert redis_store.ttl(key)
+    assert len(redis_store.get_many([f"s{i}" for i in range(200)])) == 200
+    assert redis_store.delete("s0") is True
+    assert redis_store.get("s0") is None  # a miss is not an event either
+    assert redis_store.delete_many([f"s{i}" for i in range(200)]) == 199
+    assert root_records == [], [f"{r.name}: {r.getMessage()}" for r in root_records]
+
+
+def test_the_handler_does_see_application_events(
+    redis_store: RedisSessionStore, raw: object, root_records: list[logging.LogRecord]
+) -> None:
+    """Guards the test above: the same handler catches the corrupt-data warning, so silence there is real."""
+    redis_store.client.set("session:bad", b"{not json")
+    assert redis_store.get("bad") is None
+    assert [r.levelname for r in root_records if r.name.startswith("fmredis")] == ["WARNING"]

@@ -1,0 +1,228 @@
+"""The promises every ISessionStore keeps, run against each store (add new stores to STORES)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fmredis import (
+    MAX_KEY_LENGTH,
+    FmRedisError,
+    InvalidKeyError,
+    InvalidTTLError,
+    ISessionStore,
+    SerializationError,
+)
+
+STORES = ["redis_store"]
+MAX_TTL = 86_400  # every store under test is built with the default max_ttl
+DEFAULT_TTL = 1800
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> ISessionStore:
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+SESSION = {
+    "user_id": "user_123",
+    "created_at": "2025-01-15T10:30:45.123Z",
+    "investigation_id": "inv_789",
+    "context": {
+        "current_phase": "analysis",
+        "uploaded_files": ["log1.txt", "metrics.json"],
+        "preferences": {"detail_level": "verbose", "auto_execute": False},
+    },
+}
+
+BAD_KEYS = [None, b"bytes-key", "", "k" * (MAX_KEY_LENGTH + 1), 42, ("a",)]
+BAD_TTLS = [0, -1, 1.5, "60", True, [60], MAX_TTL + 1]
+BAD_VALUES = [
+    ["a", "list"],
+    None,
+    "a string",
+    {"tags": {"a", "set"}},
+    {"obj": object()},
+    {1: "int key"},
+    {"nan": float("nan")},
+    {"nested": [{"inf": float("inf")}]},
+    {"neg_inf": -math.inf},
+    {"huge": 2**70},
+    {"raw": b"bytes"},
+]
+
+
+# --- round trips ----------------------------------------------------------------------------------------------------
+
+
+def test_set_then_get_returns_the_document_with_last_activity(store: ISessionStore) -> None:
+    before = datetime.now(timezone.utc)
+    store.set("abc", SESSION)
+    got = store.get("abc")
+    assert got is not None
+    stamp = datetime.fromisoformat(got.pop("last_activity"))
+    assert stamp.tzinfo is not None and stamp.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=1) <= stamp <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert got == SESSION
+
+
+def test_set_keeps_an_existing_last_activity_and_never_mutates_the_callers_dict(store: ISessionStore) -> None:
+    mine = {"user_id": "u"}
+    store.set("a", mine)
+    assert mine == {"user_id": "u"}
+    given_stamp = {"user_id": "u", "last_activity": "2025-01-15T10:35:22.456Z"}
+    store.set("b", given_stamp)
+    assert store.get("b") == given_stamp
+
+
+def test_get_missing_is_none_and_set_overwrites(store: ISessionStore) -> None:
+    assert store.get("nope") is None
+    store.set("k", {"v": 1})
+    store.set("k", {"v": 2})
+    assert store.get("k") == {"v": 2, "last_activity": store.get("k")["last_activity"]}  # type: ignore[index]
+
+
+def test_tuples_read_back_as_lists(store: ISessionStore) -> None:
+    store.set("t", {"pair": (1, 2), "last_activity": "x"})
+    assert store.get("t") == {"pair": [1, 2], "last_activity": "x"}
+
+
+# --- delete / exists / ttl ------------------------------------------------------------------------------------------
+
+
+def test_delete_and_exists(store: ISessionStore) -> None:
+    assert store.exists("k") is False
+    store.set("k", {})
+    assert store.exists("k") is True
+    assert store.delete("k") is True
+    assert store.delete("k") is False
+    assert store.exists("k") is False
+    assert store.get("k") is None
+
+
+def test_default_and_explicit_ttl(store: ISessionStore) -> None:
+    store.set("d", {})
+    store.set("e", {}, ttl=60)
+    assert DEFAULT_TTL - 2 <= store.ttl("d") <= DEFAULT_TTL  # type: ignore[operator]
+    assert 58 <= store.ttl("e") <= 60  # type: ignore[operator]
+    assert store.ttl("missing") is None
+
+
+def test_extend_ttl(store: ISessionStore) -> None:
+    assert store.extend_ttl("missing") is False
+    assert store.exists("missing") is False
+    store.set("k", {"v": 1}, ttl=30)
+    assert store.extend_ttl("k", 600) is True
+    assert 598 <= store.ttl("k") <= 600  # type: ignore[operator]
+    assert store.extend_ttl("k") is True
+    assert DEFAULT_TTL - 2 <= store.ttl("k") <= DEFAULT_TTL  # type: ignore[operator]
+    assert store.get("k")["v"] == 1  # type: ignore[index]
+
+
+# --- bulk -----------------------------------------------------------------------------------------------------------
+
+
+def test_get_many_returns_found_sessions_only(store: ISessionStore) -> None:
+    for i in range(5):
+        store.set(f"s{i}", {"i": i})
+    got = store.get_many(["s0", "s2", "missing", "s4", "s2"])
+    assert sorted(got) == ["s0", "s2", "s4"]
+    assert all(got[k]["i"] == int(k[1]) for k in got)
+    assert store.get_many([]) == {}
+    assert store.get_many(iter(["s1"]))["s1"]["i"] == 1
+
+
+def test_delete_many_counts_what_existed(store: ISessionStore) -> None:
+    for i in range(25):
+        store.set(f"s{i}", {"i": i})
+    keys = [f"s{i}" for i in range(30)] + ["s0"]
+    assert store.delete_many(keys) == 25
+    assert store.get_many(keys) == {}
+    assert store.delete_many([]) == 0
+    assert store.delete_many(keys) == 0
+
+
+# --- bad input: a clear error, and nothing written ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", BAD_KEYS, ids=repr)
+def test_bad_keys_are_refused_by_every_method(store: ISessionStore, key: Any) -> None:
+    calls = [
+        lambda: store.get(key),
+        lambda: store.set(key, {"v": 1}),
+        lambda: store.delete(key),
+        lambda: store.exists(key),
+        lambda: store.extend_ttl(key),
+        lambda: store.ttl(key),
+        lambda: store.get_many(["fine", key]),
+        lambda: store.delete_many(["fine", key]),
+    ]
+    store.set("fine", {"v": 0})
+    for call in calls:
+        with pytest.raises(InvalidKeyError) as info:
+            call()
+        assert isinstance(info.value, (ValueError, FmRedisError))
+    assert store.get("fine") is not None  # delete_many checked every key before deleting any
+
+
+def test_a_single_str_is_not_taken_for_a_list_of_keys(store: ISessionStore) -> None:
+    store.set("a", {})
+    with pytest.raises(InvalidKeyError):
+        store.delete_many("abc")  # type: ignore[arg-type]
+    assert store.exists("a")
+
+
+@pytest.mark.parametrize("ttl", BAD_TTLS, ids=repr)
+def test_bad_ttls_are_refused_and_nothing_is_written(store: ISessionStore, ttl: Any) -> None:
+    with pytest.raises(InvalidTTLError) as info:
+        store.set("k", {"v": 1}, ttl=ttl)
+    assert isinstance(info.value, ValueError)
+    assert store.exists("k") is False
+    store.set("k", {"v": 1}, ttl=100)
+    with pytest.raises(InvalidTTLError):
+        store.extend_ttl("k", ttl)
+    assert 98 <= store.ttl("k") <= 100  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("value", BAD_VALUES, ids=lambda v: type(v).__name__ + ":" + repr(v)[:30])
+def test_bad_values_raise_serialization_error_before_any_write(store: ISessionStore, value: Any) -> None:
+    with pytest.raises(SerializationError) as info:
+        store.set("new", value)
+    assert isinstance(info.value, TypeError)
+    assert store.exists("new") is False
+    store.set("old", {"keep": True})
+    with pytest.raises(SerializationError):
+        store.set("old", value)
+    assert store.get("old")["keep"] is True  # type: ignore[index]
+
+
+# --- arbitrary JSON documents round-trip ----------------------------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.dictionaries(st.text(), json_values, max_size=8))
+def test_arbitrary_json_documents_round_trip(store: ISessionStore, document: dict[str, Any]) -> None:
+    store.set("doc", document)
+    got = store.get("doc")
+    assert got is not None
+    expected = dict(document)
+    expected.setdefault("last_activity", got["last_activity"])
+    assert got == expected
