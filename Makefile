@@ -27,8 +27,10 @@ $(BIN)/activate: setup.py
 test: redis-server $(BIN)/activate
 	$(BIN)/tox run
 
-# The benchmarks (the main job): tables on the terminal, JSON under benchmarks/results/.
+# The benchmarks (the main job): the paced before/after logging comparison, then the pytest-benchmark suite.
+# Tables on the terminal; JSON, the chart and the log under benchmarks/results/. REDIS_URL: use that server instead.
 bench: redis-server $(BIN)/activate
 	mkdir -p $(RESULTS)
-	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
+	$(BIN)/python benchmarks/paced.py --out $(RESULTS)
+	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only --benchmark-columns=min,median,iqr,ops,rounds \
 	  --benchmark-json=$(RESULTS)/benchmarks.json

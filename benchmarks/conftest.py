@@ -57,6 +57,11 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
     }
 
 
+def _variant(name: str) -> str:
+    """``test_x[orjson-seed]`` -> ``orjson-seed``; ``test_get_store`` -> ``test_get_store``."""
+    return name[name.index("[") + 1 : -1] if name.endswith("]") else name
+
+
 def group_ratios(rows: Any) -> dict[str, dict[str, Any]]:
     """For each group, every candidate's median and min time divided by the group's baseline's (1.0 = same cost)."""
     groups: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -70,7 +75,7 @@ def group_ratios(rows: Any) -> dict[str, dict[str, Any]]:
         base = baselines[0]
         for name, member in members.items():
             if member is not base:
-                result[f"{group}: {name} / {base['name']}"] = {
+                result[f"{group}: {_variant(name)} vs {_variant(base['name'])}"] = {
                     "median_ratio": round(member["median"] / base["median"], 3),
                     "min_ratio": round(member["min"] / base["min"], 3),
                     "median_us": round(member["median"] * 1e6, 2),
@@ -98,7 +103,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     terminalreporter.section("fmredis: cost relative to the baseline of each group (1.00 = same)")
     for label, r in ratios.items():
+        speed = f"  = {1 / r['median_ratio']:.1f}x faster" if r["median_ratio"] < 0.95 else ""
         terminalreporter.write_line(
-            f"{label:<70} median x{r['median_ratio']:.3f} ({r['median_us']:.1f} vs {r['baseline_median_us']:.1f} us)"
-            f"   min x{r['min_ratio']:.3f}"
+            f"{label:<66} median x{r['median_ratio']:.3f} ({r['median_us']:.1f} vs {r['baseline_median_us']:.1f} us)"
+            f"  min x{r['min_ratio']:.3f}{speed}"
         )

@@ -11,21 +11,11 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from sessions import SEED_SESSION
 
 from fmredis import RedisSessionStore
 
-# The design document's session shape.
-SESSION: dict[str, Any] = {
-    "user_id": "user_123",
-    "created_at": "2025-01-15T10:30:45.123Z",
-    "last_activity": "2025-01-15T10:35:22.456Z",
-    "investigation_id": "inv_789",
-    "context": {
-        "current_phase": "analysis",
-        "uploaded_files": ["log1.txt", "metrics.json"],
-        "preferences": {"detail_level": "verbose", "auto_execute": False},
-    },
-}
+SESSION = SEED_SESSION
 PAYLOAD = orjson.dumps(SESSION)
 TTL = 1800
 KEY = "user_123_abc"
