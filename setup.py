@@ -21,7 +21,7 @@ setup(
     package_data={"fmredis": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=[
-        "redis[hiredis]>=6.0",
+        "redis[hiredis]>=7.4",
         "orjson>=3.9",
         "attrs>=23.1",
     ],

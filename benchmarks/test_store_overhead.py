@@ -47,3 +47,19 @@ def test_set_store(benchmark: Any, store: RedisSessionStore) -> None:
     benchmark.group, benchmark.extra_info["role"] = "set", "candidate"
     benchmark(store.set, KEY, SESSION, TTL)
     assert store.get(KEY) == SESSION
+
+
+# A session with nulls: the store then also scans the document for NaN/infinity (orjson would write them as null).
+SESSION_WITH_NULLS = {**SEED_SESSION, "investigation_id": None, "context": {**SEED_SESSION["context"], "closed": None}}
+PAYLOAD_WITH_NULLS = orjson.dumps(SESSION_WITH_NULLS)
+
+
+def test_set_nulls_raw(benchmark: Any, bench_client: redis.Redis, store: RedisSessionStore) -> None:
+    benchmark.group, benchmark.extra_info["role"] = "set, session with nulls", "baseline"
+    assert benchmark(bench_client.set, store.prefix + KEY, PAYLOAD_WITH_NULLS, ex=TTL) is True
+
+
+def test_set_nulls_store(benchmark: Any, store: RedisSessionStore) -> None:
+    benchmark.group, benchmark.extra_info["role"] = "set, session with nulls", "candidate"
+    benchmark(store.set, KEY, SESSION_WITH_NULLS, TTL)
+    assert store.get(KEY) == SESSION_WITH_NULLS

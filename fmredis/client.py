@@ -101,14 +101,15 @@ def create_redis_client(
 def diagnostics(client: redis.Redis) -> dict[str, Any]:
     """What the client really uses: parser class of a pooled connection, library versions, pool settings, server.
 
-    Takes one connection from the pool (connecting it if need be), reads its parser and the server's version, and
-    returns it. Raises redis-py's ``ConnectionError`` when the server cannot be reached. No credential is included.
+    Sends INFO, then borrows one pooled connection (connected by then) to read its parser. Raises redis-py's
+    ``ConnectionError`` when the server cannot be reached. No credential is included.
     """
     pool = client.connection_pool
+    # INFO first, on its own connection: holding one while asking for another could wait on a pool of one.
+    server_version = client.info("server").get("redis_version")
     connection = pool.get_connection()
     try:
         parser = type(connection._parser)  # redis-py keeps the parser it chose per connection here
-        server_version = client.info("server").get("redis_version")
     finally:
         pool.release(connection)
     hiredis_version: str | None

@@ -110,6 +110,11 @@ def _check(predicate: Callable[[Any], bool], problem: str) -> Callable[[Any, att
 
 
 _non_empty = _check(lambda v: bool(v.strip()), "must not be empty")
+# A URL pasted into REDIS_HOST would otherwise reach log lines and error messages whole, password included.
+_host = _check(
+    lambda v: bool(v) and not any(c.isspace() or c in "/@?#" for c in v),
+    "must be a bare host name or address (a URL belongs in REDIS_URL or url=)",
+)
 _port = _check(lambda v: 1 <= v <= 65535, "must be between 1 and 65535")
 _non_negative = _check(lambda v: v >= 0, "must not be negative")
 _positive = _check(lambda v: v > 0, "must be greater than 0")
@@ -163,7 +168,7 @@ class RedisSettings:
     masked in ``repr`` and in :meth:`explain`.
     """
 
-    host: str = _setting("localhost", _as_str, _non_empty)
+    host: str = _setting("localhost", _as_str, _host)
     port: int = _setting(6379, _as_int, _port)
     db: int = _setting(0, _as_int, _non_negative)
     username: str | None = _setting(None, _as_str)
@@ -287,9 +292,9 @@ def _url_tier(url: str, label: str) -> dict[str, object]:
             # Named only when it looks like a setting name: an unencoded '?' in a password makes its tail a "key".
             shown = f" {key!r}" if _SETTING_LIKE.fullmatch(key) else ""
             raise fail(f"unknown or misplaced query parameter{shown}", key if shown else None)
-        if raw.get(key) is not None:
+        if key != "ssl" and raw.get(key) is not None:  # an explicit ?ssl= may restate or override the scheme's
             raise fail(f"{key} is given twice", key)
-        raw[key] = value
+        raw[key] = value or None  # an empty value (?password=) is not given
     return raw
 
 

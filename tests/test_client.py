@@ -15,6 +15,7 @@ from pytest_redis.executor import RedisExecutor
 
 from fmredis import (
     RedisSessionStore,
+    StoreError,
     StoreUnavailable,
     create_redis_client,
     diagnostics,
@@ -144,8 +145,9 @@ def test_password_from_the_environment_authenticates(secured: RedisExecutor) -> 
 def test_a_wrong_password_fails_without_echoing_it(secured: RedisExecutor, caplog: pytest.LogCaptureFixture) -> None:
     wrong = "Wr0ng-pw-value"
     client = create_redis_client(host="127.0.0.1", port=secured.port, password=wrong, retry_attempts=0, environ={})
-    with caplog.at_level(logging.DEBUG), pytest.raises(StoreUnavailable) as info:
+    with caplog.at_level(logging.DEBUG), pytest.raises(StoreError) as info:
         RedisSessionStore(client).get("k")
+    assert not isinstance(info.value, StoreUnavailable)  # a refused login is configuration, not an outage
     settings = resolve_settings(host="127.0.0.1", password=wrong, environ={})
     for text in (str(info.value), repr(info.value), caplog.text, repr(settings), settings.explain(), repr(client)):
         assert wrong not in text
@@ -167,3 +169,9 @@ def test_a_store_created_before_fork_works_in_the_child(redis_store: RedisSessio
     assert os.waitstatus_to_exitcode(status) == 0
     assert redis_store.get("child")["v"] == 2  # type: ignore[index]
     assert redis_store.get("parent")["v"] == 1  # type: ignore[index]  # the parent's connection still works
+
+
+def test_diagnostics_works_on_a_pool_of_one(redis_url: str) -> None:
+    client = create_redis_client(url=redis_url, max_connections=1, pool_timeout=1, environ={})
+    assert diagnostics(client)["hiredis_parser"] is True
+    client.close()

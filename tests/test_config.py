@@ -774,3 +774,31 @@ class TestProcessEnvironment:
         s = resolve_settings()
         assert (s.host, s.port, s.db, s.ssl) == ("os-env-host", 6390, 4, True)
         assert s.source_of("host") == "REDIS_URL"
+
+
+class TestReviewFindings:
+    @pytest.mark.parametrize(
+        "host", ["redis://:S3cr3t-pw@127.0.0.1:6379/0", "user:S3cr3t-pw@cache", "my host", " h ", "cache/0", "h?x#y"]
+    )
+    def test_a_url_or_junk_in_host_is_refused_without_echoing_it(self, host: str) -> None:
+        for call in (
+            lambda: resolve_settings(environ={"REDIS_HOST": host}),
+            lambda: resolve_settings(environ={}, host=host),
+        ):
+            with pytest.raises(ConfigurationError) as info:
+                call()
+            assert info.value.key == "host"
+            assert "S3cr3t-pw" not in str(info.value) and host not in str(info.value)
+
+    def test_ipv6_and_dotted_hosts_are_accepted(self) -> None:
+        assert resolve_settings(environ={}, host="::1").host == "::1"
+        assert resolve_settings(environ={}, host="cache-1.internal").host == "cache-1.internal"
+
+    def test_an_empty_query_password_is_not_given(self) -> None:
+        settings = resolve_settings(environ={"REDIS_URL": "redis://h/0?password=", "REDIS_PASSWORD": "envpw"})
+        assert settings.password == "envpw"
+        assert settings.source_of("password") == "environment variable REDIS_PASSWORD"
+
+    @pytest.mark.parametrize(("url", "ssl"), [("rediss://h?ssl=true", True), ("redis://h?ssl=true", True)])
+    def test_ssl_in_the_query_may_restate_or_set_tls(self, url: str, ssl: bool) -> None:
+        assert resolve_settings(environ={}, url=url).ssl is ssl
