@@ -1,5 +1,6 @@
 """fmredis: a synchronous, thread-safe Redis session store with as little per-operation overhead as possible."""
 
+from fmredis.breaker import CircuitBreaker
 from fmredis.client import build_connection_pool, create_redis_client, diagnostics
 from fmredis.config import ConfigManager, RedisSettings, resolve_settings
 from fmredis.errors import (
@@ -11,21 +12,28 @@ from fmredis.errors import (
     StoreError,
     StoreUnavailable,
 )
+from fmredis.fallback import FallbackSessionStore
+from fmredis.memory_store import InMemorySessionStore
 from fmredis.redis_store import RedisSessionStore
+from fmredis.resilient import ResilientRedisSessionStore
 from fmredis.store import MAX_KEY_LENGTH, ISessionStore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "CircuitBreaker",
     "ConfigManager",
     "ConfigurationError",
+    "FallbackSessionStore",
     "FmRedisError",
     "ISessionStore",
+    "InMemorySessionStore",
     "InvalidKeyError",
     "InvalidTTLError",
     "RedisSessionStore",
     "RedisSettings",
+    "ResilientRedisSessionStore",
     "SerializationError",
     "StoreError",
     "StoreUnavailable",

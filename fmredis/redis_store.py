@@ -7,14 +7,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fmredis.client import create_redis_client
-from fmredis.errors import InvalidTTLError, StoreError, StoreUnavailable
-from fmredis.serialization import CorruptSession, decode_session, encode_session, utc_now
-from fmredis.store import ISessionStore, check_key, check_keys, check_ttl
+from fmredis.errors import StoreError, StoreUnavailable
+from fmredis.serialization import CorruptSession, decode_session, encode_for_write
+from fmredis.store import ISessionStore, check_key, check_keys, check_ttl, check_ttl_policy
 
 __all__ = ["RedisSessionStore"]
 
@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 def _failure(command: str, exc: RedisError) -> StoreError:
     """The fmredis error for a redis-py failure; a server error shows only its type and code (its text may echo
     data)."""
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+    # A refused login is a configuration problem, not an outage: no wrapper should retry it or fall back on it.
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) and not isinstance(exc, AuthenticationError):
         return StoreUnavailable(f"Redis {command} failed: {type(exc).__name__}: {exc}")
     code = str(exc).split(" ", 1)[0]
     detail = f" {code}" if isinstance(exc, ResponseError) and code.isupper() else ""
@@ -39,7 +40,8 @@ class RedisSessionStore(ISessionStore):
     """Sessions in Redis: one string key per session holding its orjson document, with a TTL.
 
     ``client`` defaults to :func:`~fmredis.client.create_redis_client` (settings from the environment); the store then
-    owns it and :meth:`close` releases its pool. A client given here must return bytes (``decode_responses=False``).
+    owns it and :meth:`close` releases its pool (``owns_client=True`` does the same for a client passed in). A client
+    given here must return bytes (``decode_responses=False``).
     Every method makes one round trip, except :meth:`delete_many` (one per ``batch_size`` keys); all are thread-safe.
     Failures raise :class:`~fmredis.errors.StoreUnavailable` (unreachable, timed out) or
     :class:`~fmredis.errors.StoreError`, with redis-py's exception as the cause. Corrupt data (not a JSON object, or a
@@ -54,15 +56,14 @@ class RedisSessionStore(ISessionStore):
         default_ttl: int = 1800,
         max_ttl: int = 86_400,
         batch_size: int = 1000,
+        owns_client: bool | None = None,
     ) -> None:
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
-        if type(max_ttl) is not int or max_ttl < 1:
-            raise InvalidTTLError(f"max_ttl must be an int of at least 1 (got {max_ttl!r})")
-        check_ttl(default_ttl, max_ttl)
+        check_ttl_policy(default_ttl, max_ttl)
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size must be an int of at least 1 (got {batch_size!r})")
-        self._owns_client = client is None
+        self._owns_client = client is None if owns_client is None else owns_client
         self._client = create_redis_client() if client is None else client
         # Bound once: redis-py's typed wrappers (get, set ...) only rebuild the same argument tuple, and skipping them
         # keeps the store within a few percent of raw redis-py.
@@ -130,9 +131,7 @@ class RedisSessionStore(ISessionStore):
     def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
         full_key = self._prefix + check_key(key)
         seconds = self._ttl_or_default(ttl)
-        if isinstance(value, dict) and "last_activity" not in value:
-            value = {**value, "last_activity": utc_now()}
-        payload = encode_session(value)
+        payload = encode_for_write(value)
         try:
             self._execute("SET", full_key, payload, "EX", seconds)
         except RedisError as exc:

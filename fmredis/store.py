@@ -8,7 +8,7 @@ from typing import Any
 
 from fmredis.errors import InvalidKeyError, InvalidTTLError
 
-__all__ = ["MAX_KEY_LENGTH", "ISessionStore", "check_key", "check_keys", "check_ttl"]
+__all__ = ["MAX_KEY_LENGTH", "ISessionStore", "check_key", "check_keys", "check_ttl", "check_ttl_policy"]
 
 #: Longest session key accepted, in characters (the store's prefix is not counted).
 MAX_KEY_LENGTH = 512
@@ -16,13 +16,23 @@ MAX_KEY_LENGTH = 512
 
 def check_key(key: object) -> str:
     """Return ``key`` if it is a non-empty ``str`` of at most :data:`MAX_KEY_LENGTH` characters, else raise."""
-    if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH:
+    if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and (key.isascii() or _encodable(key)):
         return key
     if not isinstance(key, str):
         raise InvalidKeyError(f"session key must be a str, not {type(key).__name__}")
     if not key:
         raise InvalidKeyError("session key must not be empty")
-    raise InvalidKeyError(f"session key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKeyError(f"session key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}")
+    raise InvalidKeyError("session key is not valid UTF-8 text (it contains a lone surrogate)")
+
+
+def _encodable(key: str) -> bool:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_keys(keys: Iterable[object]) -> list[str]:
@@ -41,6 +51,13 @@ def check_ttl(ttl: object, max_ttl: int) -> int:
     if ttl <= 0:
         raise InvalidTTLError(f"ttl must be at least 1 second (got {ttl}); sessions never live forever")
     raise InvalidTTLError(f"ttl {ttl} exceeds max_ttl {max_ttl}")
+
+
+def check_ttl_policy(default_ttl: object, max_ttl: object) -> None:
+    """A store's TTL settings: ``max_ttl`` an int of at least 1, ``default_ttl`` a valid TTL under it."""
+    if type(max_ttl) is not int or max_ttl < 1:
+        raise InvalidTTLError(f"max_ttl must be an int of at least 1 (got {max_ttl!r})")
+    check_ttl(default_ttl, max_ttl)
 
 
 class ISessionStore(abc.ABC):

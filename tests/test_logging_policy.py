@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fmredis import RedisSessionStore
+from fmredis import FallbackSessionStore, ISessionStore, RedisSessionStore, ResilientRedisSessionStore
 
 
 class Counter(logging.Handler):
@@ -32,7 +32,15 @@ def root_records() -> Iterator[list[logging.LogRecord]]:
         root.setLevel(level)
 
 
-def test_the_hot_path_logs_nothing(redis_store: RedisSessionStore, root_records: list[logging.LogRecord]) -> None:
+@pytest.fixture(params=["plain", "wrapped"])
+def hot_store(request: pytest.FixtureRequest, redis_store: RedisSessionStore) -> ISessionStore:
+    if request.param == "plain":
+        return redis_store
+    return FallbackSessionStore(ResilientRedisSessionStore(lambda: redis_store))
+
+
+def test_the_hot_path_logs_nothing(hot_store: ISessionStore, root_records: list[logging.LogRecord]) -> None:
+    redis_store = hot_store
     for i in range(200):
         key = f"s{i}"
         redis_store.set(key, {"user_id": f"u{i}", "context": {"phase": "analysis"}}, ttl=600)

@@ -10,8 +10,10 @@ import pytest
 import redis
 
 from fmredis import (
+    FallbackSessionStore,
     InvalidTTLError,
     RedisSessionStore,
+    ResilientRedisSessionStore,
     StoreError,
     StoreUnavailable,
     create_redis_client,
@@ -161,3 +163,18 @@ def test_store_without_client_builds_one_from_the_environment(
     finally:
         store.close()
     assert "RedisSessionStore(prefix='session:'" in repr(store)
+
+
+def test_the_wrappers_add_no_round_trip_on_the_normal_path(redis_store: RedisSessionStore, raw: redis.Redis) -> None:
+    wrapped = FallbackSessionStore(ResilientRedisSessionStore(lambda: redis_store))
+    wrapped.set("k", {"v": 1})
+    before = commandstats(raw)
+    for _ in range(10):
+        wrapped.get("k")
+        wrapped.set("k", {"v": 2})
+    after = commandstats(raw)
+    assert {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)} == {
+        "get": 10,
+        "set": 10,
+        "info": 1,  # commandstats itself
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -18,10 +19,35 @@ from fmredis import (
     ISessionStore,
     SerializationError,
 )
+from fmredis.fallback import FallbackSessionStore
+from fmredis.memory_store import InMemorySessionStore
+from fmredis.redis_store import RedisSessionStore
+from fmredis.resilient import ResilientRedisSessionStore
 
-STORES = ["redis_store"]
+
+@dataclasses.dataclass
+class NaNPoint:
+    x: float
+
+
+STORES = ["redis_store", "memory_store", "resilient_store", "fallback_store"]
 MAX_TTL = 86_400  # every store under test is built with the default max_ttl
 DEFAULT_TTL = 1800
+
+
+@pytest.fixture
+def memory_store() -> InMemorySessionStore:
+    return InMemorySessionStore()
+
+
+@pytest.fixture
+def resilient_store(redis_store: RedisSessionStore) -> ResilientRedisSessionStore:
+    return ResilientRedisSessionStore(lambda: redis_store)
+
+
+@pytest.fixture
+def fallback_store(redis_store: RedisSessionStore) -> FallbackSessionStore:
+    return FallbackSessionStore(ResilientRedisSessionStore(lambda: redis_store))
 
 
 @pytest.fixture(params=STORES)
@@ -40,7 +66,7 @@ SESSION = {
     },
 }
 
-BAD_KEYS = [None, b"bytes-key", "", "k" * (MAX_KEY_LENGTH + 1), 42, ("a",)]
+BAD_KEYS = [None, b"bytes-key", "", "k" * (MAX_KEY_LENGTH + 1), 42, ("a",), "lone-\ud800-surrogate"]
 BAD_TTLS = [0, -1, 1.5, "60", True, [60], MAX_TTL + 1]
 BAD_VALUES = [
     ["a", "list"],
@@ -54,6 +80,7 @@ BAD_VALUES = [
     {"neg_inf": -math.inf},
     {"huge": 2**70},
     {"raw": b"bytes"},
+    {"point": NaNPoint(math.nan), "other": None},
 ]
 
 

@@ -1,0 +1,100 @@
+"""A thread-safe circuit breaker: fail fast during an outage instead of stalling every caller on timeouts."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["CircuitBreaker"]
+
+logger = logging.getLogger(__name__)
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+class CircuitBreaker:
+    """closed -> open after ``failure_threshold`` consecutive failures; open for ``cooldown`` seconds; then half-open,
+    where exactly ONE caller is let through as a probe: its success closes the breaker, its failure re-opens it.
+
+    Callers ask :meth:`allow` before an attempt and report it with :meth:`record_success`, :meth:`record_failure` or,
+    when the attempt never reached the server (bad input), :meth:`release`. Every method is thread-safe. Each state
+    change is logged once (an application event), never each call.
+    """
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = 5,
+        cooldown: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "redis",
+    ) -> None:
+        if type(failure_threshold) is not int or failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be an int of at least 1 (got {failure_threshold!r})")
+        if not cooldown >= 0:
+            raise ValueError(f"cooldown must be a number of seconds >= 0 (got {cooldown!r})")
+        self.failure_threshold = failure_threshold
+        self.cooldown = cooldown
+        self.name = name
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probe_in_flight = False
+
+    @property
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half-open"`` (an open breaker whose cool-down is over reads half-open)."""
+        with self._lock:
+            if self._state == OPEN and self._clock() - self._opened_at >= self.cooldown:
+                return HALF_OPEN
+            return self._state
+
+    def allow(self) -> bool:
+        """Whether a call may go through now; in half-open state only the first caller gets ``True``."""
+        with self._lock:
+            if self._state == CLOSED:
+                return True
+            if self._state == OPEN:
+                if self._clock() - self._opened_at < self.cooldown:
+                    return False
+                self._state, self._probe_in_flight = HALF_OPEN, True
+                transition = True
+            elif self._probe_in_flight:
+                return False
+            else:
+                self._probe_in_flight, transition = True, False
+        if transition:
+            logger.info("Circuit breaker %s half-open: probing", self.name)
+        return True
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._failures = 0
+            if self._state == CLOSED:
+                return
+            self._state, self._probe_in_flight = CLOSED, False
+        logger.info("Circuit breaker %s closed: the server answers again", self.name)
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._state == HALF_OPEN or (self._state == CLOSED and self._failures >= self.failure_threshold):
+                self._state, self._opened_at, self._probe_in_flight = OPEN, self._clock(), False
+                failures = self._failures
+            else:
+                return
+        logger.warning(
+            "Circuit breaker %s open after %d consecutive failures: failing fast for %.1f s",
+            self.name,
+            failures,
+            self.cooldown,
+        )
+
+    def release(self) -> None:
+        """The allowed call did not reach the server: let another caller take the half-open probe."""
+        with self._lock:
+            self._probe_in_flight = False

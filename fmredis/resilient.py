@@ -1,0 +1,169 @@
+"""ResilientRedisSessionStore: retries with backoff, a circuit breaker, and client rebuilds, around any store."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from fmredis.breaker import CircuitBreaker
+from fmredis.errors import StoreError, StoreUnavailable
+from fmredis.store import ISessionStore, check_keys
+
+__all__ = ["ResilientRedisSessionStore"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _default_factory() -> ISessionStore:
+    from fmredis.redis_store import RedisSessionStore
+
+    return RedisSessionStore()
+
+
+class ResilientRedisSessionStore(ISessionStore):
+    """Wraps a store built by ``store_factory`` (default: ``RedisSessionStore()`` from the environment).
+
+    - ``StoreUnavailable`` (connection refused or lost, timeout, pool exhausted) is retried up to ``attempts`` times
+      in all, with exponential backoff and full jitter (``backoff_base * 2**n`` capped at ``backoff_cap``), never past
+      ``deadline`` seconds from the call's start: no attempt is started that, as slow as the last one, would end
+      past it. A caller therefore waits at most about ``deadline`` plus one attempt, and one attempt against a frozen
+      server lasts ``socket_timeout x (1 + retry_attempts)`` of the client settings, plus a reconnect's handshake.
+      Other errors are not retried.
+    - After ``rebuild_after`` consecutive connection failures the store (client and pool) is rebuilt with the factory:
+      one thread rebuilds while the others keep using the old store until the new one is complete, then the old
+      store is closed. The factory must build a store that owns its client.
+    - A :class:`~fmredis.breaker.CircuitBreaker` (default: open after 5 consecutive failures, 5 s cool-down, then one
+      probe) makes an outage fail fast: while it is open, calls raise ``StoreUnavailable`` at once.
+
+    When it gives up it raises :class:`~fmredis.errors.StoreUnavailable` with the last failure as its cause: an outage
+    is never turned into "session not found". A retried ``delete``/``delete_many`` counts only what existed at the
+    attempt that succeeded. All methods are thread-safe.
+    """
+
+    def __init__(
+        self,
+        store_factory: Callable[[], ISessionStore] = _default_factory,
+        *,
+        attempts: int = 3,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 0.5,
+        deadline: float = 5.0,
+        rebuild_after: int = 3,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if type(attempts) is not int or attempts < 1:
+            raise ValueError(f"attempts must be an int of at least 1 (got {attempts!r})")
+        if type(rebuild_after) is not int or rebuild_after < 1:
+            raise ValueError(f"rebuild_after must be an int of at least 1 (got {rebuild_after!r})")
+        for name, value in (("backoff_base", backoff_base), ("backoff_cap", backoff_cap), ("deadline", deadline)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0 (got {value!r})")
+        self._factory = store_factory
+        self._store = store_factory()
+        self._generation = 0
+        self._consecutive_failures = 0
+        self._last_failure: StoreUnavailable | None = None
+        self._rebuild_lock = threading.Lock()
+        self._attempts = attempts
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._deadline = deadline
+        self._rebuild_after = rebuild_after
+        self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
+        self._clock = clock
+        self._sleep = sleep
+        self.rebuilds = 0
+
+    @property
+    def store(self) -> ISessionStore:
+        """The store currently in use (replaced on a rebuild)."""
+        return self._store
+
+    def close(self) -> None:
+        close = getattr(self._store, "close", None)
+        if close is not None:
+            close()
+
+    def _rebuild(self, generation: int) -> None:
+        """Replace the store built at ``generation``; a no-op if another thread already replaced it."""
+        with self._rebuild_lock:
+            if self._generation != generation:
+                return
+            old = self._store
+            self._store = self._factory()  # complete before it is published: no thread sees a half-built store
+            self._generation += 1
+            self._consecutive_failures = 0
+            self.rebuilds += 1
+        logger.warning("Rebuilt the Redis client after %d consecutive connection failures", self._rebuild_after)
+        close = getattr(old, "close", None)
+        if close is not None:
+            close()
+
+    def _call(self, operation: Callable[[ISessionStore], T]) -> T:
+        started = self._clock()
+        attempt = 0
+        while True:
+            if not self.breaker.allow():
+                failure = StoreUnavailable(f"circuit breaker {self.breaker.name} is open: failing fast")
+                raise failure from self._last_failure
+            store, generation = self._store, self._generation
+            attempt_started = self._clock()
+            try:
+                result = operation(store)
+            except StoreUnavailable as exc:
+                self._last_failure = exc  # the cause shown while the breaker fails fast
+                self.breaker.record_failure()
+                self._consecutive_failures += 1  # a racy count is fine: it only decides when to rebuild
+                if self._consecutive_failures >= self._rebuild_after:
+                    self._rebuild(generation)
+                attempt += 1
+                delay = random.uniform(0, min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1)))
+                now = self._clock()
+                # Give up if another attempt as slow as this one would end past the deadline: a frozen server makes
+                # each attempt last a full socket timeout, and the deadline is meant to bound the caller's wait.
+                if attempt >= self._attempts or now + delay + (now - attempt_started) - started > self._deadline:
+                    raise StoreUnavailable(f"Redis unavailable after {attempt} attempt(s): {exc}") from exc
+                self._sleep(delay)
+            except StoreError:
+                self.breaker.record_success()  # the server answered, with an error: it is up
+                raise
+            except BaseException:
+                self.breaker.release()  # bad input or a bug: the server was not asked
+                raise
+            else:
+                self.breaker.record_success()
+                self._consecutive_failures = 0
+                return result
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._call(lambda store: store.get(key))
+
+    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
+        self._call(lambda store: store.set(key, value, ttl))
+
+    def delete(self, key: str) -> bool:
+        return self._call(lambda store: store.delete(key))
+
+    def exists(self, key: str) -> bool:
+        return self._call(lambda store: store.exists(key))
+
+    def extend_ttl(self, key: str, ttl: int | None = None) -> bool:
+        return self._call(lambda store: store.extend_ttl(key, ttl))
+
+    def ttl(self, key: str) -> int | None:
+        return self._call(lambda store: store.ttl(key))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        listed = check_keys(keys)  # checked once, and an iterator must survive a retry
+        return self._call(lambda store: store.get_many(listed))
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        listed = check_keys(keys)
+        return self._call(lambda store: store.delete_many(listed))
