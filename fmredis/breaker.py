@@ -44,6 +44,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
+        self._probe_owner = 0  # the thread holding the half-open probe
 
     @property
     def state(self) -> str:
@@ -62,11 +63,12 @@ class CircuitBreaker:
                 if self._clock() - self._opened_at < self.cooldown:
                     return False
                 self._state, self._probe_in_flight = HALF_OPEN, True
-                transition = True
+                self._probe_owner, transition = threading.get_ident(), True
             elif self._probe_in_flight:
                 return False
             else:
                 self._probe_in_flight, transition = True, False
+                self._probe_owner = threading.get_ident()
         if transition:
             logger.info("Circuit breaker %s half-open: probing", self.name)
         return True
@@ -95,6 +97,7 @@ class CircuitBreaker:
         )
 
     def release(self) -> None:
-        """The allowed call did not reach the server: let another caller take the half-open probe."""
+        """The allowed call did not reach the server: if it held the half-open probe, another caller may take it."""
         with self._lock:
-            self._probe_in_flight = False
+            if self._probe_owner == threading.get_ident():
+                self._probe_in_flight = False

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from fmredis.errors import StoreUnavailable
+from fmredis.errors import FmRedisError, StoreUnavailable
 from fmredis.memory_store import InMemorySessionStore
 from fmredis.store import ISessionStore, check_keys
 
@@ -20,6 +20,11 @@ T = TypeVar("T")
 
 _SET, _DELETE = "set", "delete"
 _PROBE_KEY = "fmredis:probe"
+_UNLOCKED_ROUNDS = 3
+
+
+def _new_counts() -> dict[str, int]:
+    return {"written_back": 0, "deleted": 0, "kept_newer_in_redis": 0, "expired_in_memory": 0, "failed": 0}
 
 
 def _activity(session: dict[str, Any] | None) -> datetime | None:
@@ -77,7 +82,10 @@ class FallbackSessionStore(ISessionStore):
         self._degraded_since = 0.0
         self._next_probe = 0.0
         self._reconciling = False
+        self._epoch = 0  # recoveries so far: a failure seen by a call started before the last one is stale
         self._dirty: dict[str, str] = {}
+        self._in_flight: dict[str, str] = {}  # taken from _dirty by a write-back and not yet applied
+        self._counts = _new_counts()
         self.lost_unsynced = 0
         self.last_recovery: dict[str, Any] | None = None
 
@@ -89,21 +97,25 @@ class FallbackSessionStore(ISessionStore):
     @property
     def pending(self) -> int:
         """Writes and deletes made during the outage and not yet applied to the primary."""
-        return len(self._dirty)
+        with self._lock:
+            return len(self._dirty) + len(self._in_flight)
 
     def _evicted(self, key: str) -> None:
-        if self._dirty.get(key) == _SET:
-            del self._dirty[key]
-            self.lost_unsynced += 1
-            logger.warning("Memory fallback full: session %s evicted before it reached Redis; it is lost", key)
+        # Runs under self._lock (memory writes are made holding it), so the two maps cannot change meanwhile.
+        for pending in (self._dirty, self._in_flight):
+            if pending.get(key) == _SET:
+                del pending[key]
+                self.lost_unsynced += 1
+                logger.warning("Memory fallback full: session %s evicted before it reached Redis; it is lost", key)
 
-    def _degrade(self, exc: StoreUnavailable) -> None:
+    def _degrade(self, exc: StoreUnavailable, epoch: int) -> None:
         with self._lock:
-            if self._degraded:
+            if self._degraded or epoch != self._epoch:  # already degraded, or the failure predates a recovery
                 return
             self._degraded = True
             self._degraded_since = self._clock()
             self._next_probe = self._degraded_since + self._probe_interval
+            self._counts = _new_counts()
         logger.warning("Redis unavailable (%s): serving sessions from memory until it answers again", exc)
 
     def _use_primary(self) -> bool:
@@ -124,108 +136,125 @@ class FallbackSessionStore(ISessionStore):
                 self._reconciling = False
 
     def _recover(self) -> bool:
-        counts = {"written_back": 0, "deleted": 0, "kept_newer_in_redis": 0, "expired_in_memory": 0}
         try:
             self._primary.exists(_PROBE_KEY)
-            while True:
+            # Write back without blocking writers for a few rounds; writes made meanwhile land in _dirty for the next
+            # round. Then finish holding the lock, so a steady stream of writes cannot keep recovery from ending.
+            for _round in range(_UNLOCKED_ROUNDS):
                 with self._lock:
-                    batch, self._dirty = self._dirty, {}
-                    if not batch:  # nothing left to write back, and no writer can add more while we hold the lock
-                        leftovers = [key for key, _payload, _ttl in self._memory.items_snapshot()]
-                        self._memory.delete_many(leftovers)
-                        self._degraded = False
-                        break
-                self._write_back(batch, counts)
+                    self._in_flight, self._dirty = self._dirty, {}
+                if not self._in_flight:
+                    break
+                self._write_back()
+            with self._lock:
+                self._in_flight, self._dirty = self._dirty, {}
+                self._write_back()
+                leftovers = [key for key, _payload, _ttl in self._memory.items_snapshot()]
+                self._memory.delete_many(leftovers)
+                self._degraded = False
+                self._epoch += 1
         except StoreUnavailable:
             return False
         outage = self._clock() - self._degraded_since
-        self.last_recovery = {"outage_seconds": round(outage, 3), **counts}
+        self.last_recovery = {"outage_seconds": round(outage, 3), **self._counts}
         logger.info(
             "Redis answers again after %.1f s: wrote back %d sessions, re-applied %d deletes, kept %d newer in Redis",
             outage,
-            counts["written_back"],
-            counts["deleted"],
-            counts["kept_newer_in_redis"],
+            self._counts["written_back"],
+            self._counts["deleted"],
+            self._counts["kept_newer_in_redis"],
             extra={"recovery": self.last_recovery},
         )
         return True
 
-    def _write_back(self, batch: dict[str, str], counts: dict[str, int]) -> None:
-        keys = list(batch)
-        for index, key in enumerate(keys):
-            try:
-                if batch[key] == _DELETE:
-                    self._primary.delete(key)
-                    counts["deleted"] += 1
-                    continue
-                mine, remaining = self._memory.get(key), self._memory.ttl(key)
-                if mine is None or remaining is None:
-                    counts["expired_in_memory"] += 1
-                    continue
-                theirs_at, mine_at = _activity(self._primary.get(key)), _activity(mine)
-                if theirs_at is not None and (mine_at is None or theirs_at > mine_at):
-                    counts["kept_newer_in_redis"] += 1
-                    continue
+    def _write_back(self) -> None:
+        """Apply ``_in_flight`` to the primary. On StoreUnavailable, what is left goes back to ``_dirty`` (unless a
+        newer outage write replaced it) and the error propagates; another error drops that key with a warning."""
+        counts = self._counts
+        try:
+            for key in list(self._in_flight):
+                with self._lock:  # evictions remove keys from _in_flight under this lock
+                    op = self._in_flight.get(key)
+                    if op is None:
+                        continue
+                    mine, remaining = (self._memory.get(key), self._memory.ttl(key)) if op == _SET else (None, None)
+                try:
+                    self._apply(key, op, mine, remaining, counts)
+                except StoreUnavailable:
+                    raise
+                except FmRedisError as exc:  # Redis refused this one (OOM, MISCONF ...): waiting would not help
+                    counts["failed"] += 1
+                    logger.warning("Session %s could not be written back to Redis (%s); it is lost", key, exc)
+                with self._lock:
+                    self._in_flight.pop(key, None)
+        finally:
+            with self._lock:
+                for key, op in self._in_flight.items():
+                    self._dirty.setdefault(key, op)
+                self._in_flight = {}
+
+    def _apply(
+        self, key: str, op: str, mine: dict[str, Any] | None, remaining: int | None, counts: dict[str, int]
+    ) -> None:
+        if op == _DELETE:
+            self._primary.delete(key)
+            counts["deleted"] += 1
+        elif mine is None or remaining is None:
+            counts["expired_in_memory"] += 1
+        else:
+            theirs_at, mine_at = _activity(self._primary.get(key)), _activity(mine)
+            if theirs_at is not None and (mine_at is None or theirs_at > mine_at):
+                counts["kept_newer_in_redis"] += 1
+            else:
                 self._primary.set(key, mine, remaining)
                 counts["written_back"] += 1
-            except StoreUnavailable:
-                with self._lock:  # put back what was not applied, unless a newer outage write replaced it
-                    for pending in keys[index:]:
-                        self._dirty.setdefault(pending, batch[pending])
-                raise
 
-    def _on_primary(self, call: Callable[[ISessionStore], T]) -> tuple[bool, T | None]:
-        if self._use_primary():
-            try:
-                return True, call(self._primary)
-            except StoreUnavailable as exc:
-                self._degrade(exc)
-        return False, None
-
-    def _write(self, key_ops: Callable[[], list[tuple[str, str]]], call: Callable[[ISessionStore], T]) -> T:
-        """A write: on the primary when it is up, else on memory with the touched keys remembered, atomically with
-        respect to the switch back (so no outage write is left behind in memory)."""
+    def _call(self, call: Callable[[ISessionStore], T], marks: Callable[[], list[tuple[str, str]]] | None = None) -> T:
+        """On the primary when it is up; else on memory, under the lock and re-checked, so that no memory read or write
+        straddles the switch back (an outage write left behind, a read of memory just cleared). ``marks`` names the
+        keys a write touches, remembered for the write-back."""
         while True:
-            done, result = self._on_primary(call)
-            if done:
-                return result  # type: ignore[return-value]
+            if self._use_primary():
+                epoch = self._epoch
+                try:
+                    return call(self._primary)
+                except StoreUnavailable as exc:
+                    self._degrade(exc, epoch)
             with self._lock:
                 if self._degraded:
                     result = call(self._memory)
-                    for key, op in key_ops():
+                    for key, op in marks() if marks is not None else ():
                         self._dirty[key] = op
                     return result
 
     def get(self, key: str) -> dict[str, Any] | None:
-        done, result = self._on_primary(lambda store: store.get(key))
-        return result if done else self._memory.get(key)
+        return self._call(lambda store: store.get(key))
 
     def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
-        self._write(lambda: [(key, _SET)], lambda store: store.set(key, value, ttl))
+        self._call(lambda store: store.set(key, value, ttl), lambda: [(key, _SET)])
 
     def delete(self, key: str) -> bool:
-        return self._write(lambda: [(key, _DELETE)], lambda store: store.delete(key))
+        return self._call(lambda store: store.delete(key), lambda: [(key, _DELETE)])
 
     def exists(self, key: str) -> bool:
-        done, result = self._on_primary(lambda store: store.exists(key))
-        return bool(result) if done else self._memory.exists(key)
+        return self._call(lambda store: store.exists(key))
 
     def extend_ttl(self, key: str, ttl: int | None = None) -> bool:
         # In memory only a session written during the outage can be extended; its new TTL is written back with it.
-        return self._write(lambda: [(key, _SET)] if self._memory.exists(key) else [], lambda s: s.extend_ttl(key, ttl))
+        return self._call(
+            lambda store: store.extend_ttl(key, ttl), lambda: [(key, _SET)] if self._memory.exists(key) else []
+        )
 
     def ttl(self, key: str) -> int | None:
-        done, result = self._on_primary(lambda store: store.ttl(key))
-        return result if done else self._memory.ttl(key)
+        return self._call(lambda store: store.ttl(key))
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         listed = check_keys(keys)
-        done, result = self._on_primary(lambda store: store.get_many(listed))
-        return result if done and result is not None else self._memory.get_many(listed)
+        return self._call(lambda store: store.get_many(listed))
 
     def delete_many(self, keys: Iterable[str]) -> int:
         listed = check_keys(keys)
-        return self._write(lambda: [(key, _DELETE) for key in listed], lambda store: store.delete_many(listed))
+        return self._call(lambda store: store.delete_many(listed), lambda: [(key, _DELETE) for key in listed])
 
     def close(self) -> None:
         close = getattr(self._primary, "close", None)

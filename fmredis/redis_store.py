@@ -96,10 +96,11 @@ class RedisSessionStore(ISessionStore):
         return self._max_ttl
 
     def close(self) -> None:
-        """Disconnect the pool if this store created its client; a client passed in is left to its owner."""
+        """Disconnect the pool's idle connections if this store owns its client (a client passed in is left to its
+        owner). Commands other threads are running finish; their connections close when garbage collected."""
         if self._owns_client:
             self._client.close()
-            self._client.connection_pool.disconnect()
+            self._client.connection_pool.disconnect(inuse_connections=False)
 
     def _ttl_or_default(self, ttl: int | None) -> int:
         return self._default_ttl if ttl is None else check_ttl(ttl, self._max_ttl)

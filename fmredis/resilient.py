@@ -66,8 +66,8 @@ class ResilientRedisSessionStore(ISessionStore):
             if not value >= 0:
                 raise ValueError(f"{name} must be a number of seconds >= 0 (got {value!r})")
         self._factory = store_factory
-        self._store = store_factory()
-        self._generation = 0
+        # (store, generation) published as one tuple: a reader never pairs one store with another's generation.
+        self._current: tuple[ISessionStore, int] = (store_factory(), 0)
         self._consecutive_failures = 0
         self._last_failure: StoreUnavailable | None = None
         self._rebuild_lock = threading.Lock()
@@ -84,27 +84,27 @@ class ResilientRedisSessionStore(ISessionStore):
     @property
     def store(self) -> ISessionStore:
         """The store currently in use (replaced on a rebuild)."""
-        return self._store
+        return self._current[0]
 
     def close(self) -> None:
-        close = getattr(self._store, "close", None)
+        close = getattr(self._current[0], "close", None)
         if close is not None:
             close()
 
     def _rebuild(self, generation: int) -> None:
         """Replace the store built at ``generation``; a no-op if another thread already replaced it."""
         with self._rebuild_lock:
-            if self._generation != generation:
+            old, current = self._current
+            if current != generation:
                 return
-            old = self._store
-            self._store = self._factory()  # complete before it is published: no thread sees a half-built store
-            self._generation += 1
+            failures = self._consecutive_failures
+            self._current = (self._factory(), generation + 1)  # complete before it is published
             self._consecutive_failures = 0
             self.rebuilds += 1
-        logger.warning("Rebuilt the Redis client after %d consecutive connection failures", self._rebuild_after)
+        logger.warning("Rebuilt the Redis client after %d consecutive connection failures", failures)
         close = getattr(old, "close", None)
         if close is not None:
-            close()
+            close()  # idle connections only: calls still running on the old store finish there
 
     def _call(self, operation: Callable[[ISessionStore], T]) -> T:
         started = self._clock()
@@ -113,12 +113,18 @@ class ResilientRedisSessionStore(ISessionStore):
             if not self.breaker.allow():
                 failure = StoreUnavailable(f"circuit breaker {self.breaker.name} is open: failing fast")
                 raise failure from self._last_failure
-            store, generation = self._store, self._generation
+            store, generation = self._current
             attempt_started = self._clock()
             try:
                 result = operation(store)
             except StoreUnavailable as exc:
                 self._last_failure = exc  # the cause shown while the breaker fails fast
+                if self._current[1] != generation:  # a rebuild replaced this store meanwhile: not the server's fault
+                    self.breaker.release()
+                    attempt += 1
+                    if attempt >= self._attempts:
+                        raise StoreUnavailable(f"Redis unavailable after {attempt} attempt(s): {exc}") from exc
+                    continue
                 self.breaker.record_failure()
                 self._consecutive_failures += 1  # a racy count is fine: it only decides when to rebuild
                 if self._consecutive_failures >= self._rebuild_after:
