@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from fmredis.serialization import decode_session, encode_for_write
-from fmredis.store import ISessionStore, check_key, check_keys, check_ttl, check_ttl_policy
+from fmredis.store import ISessionStore, TTLDefaults, check_key, check_keys
 
 __all__ = ["InMemorySessionStore"]
 
@@ -31,7 +31,7 @@ class _Entry:
         self.ttl = ttl
 
 
-class InMemorySessionStore(ISessionStore):
+class InMemorySessionStore(TTLDefaults, ISessionStore):
     """Sessions in this process: the same orjson bytes :class:`~fmredis.RedisSessionStore` would write, with expiry.
 
     Values read back exactly as from the Redis store (``last_activity`` stamped, tuples as lists, datetimes and UUIDs
@@ -63,15 +63,13 @@ class InMemorySessionStore(ISessionStore):
         clock: Callable[[], float] = time.monotonic,
         on_evict: Callable[[str], None] | None = None,
     ) -> None:
-        check_ttl_policy(default_ttl, max_ttl)
+        self._init_ttls(default_ttl, max_ttl)
         if type(max_entries) is not int or max_entries < 1:
             raise ValueError(f"max_entries must be an int of at least 1 (got {max_entries!r})")
         if not callable(clock):
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         if on_evict is not None and not callable(on_evict):
             raise TypeError(f"on_evict must be callable or None, not {type(on_evict).__name__}")
-        self._default_ttl = default_ttl
-        self._max_ttl = max_ttl
         self._max_entries = max_entries
         self._clock = clock
         self._on_evict = on_evict
@@ -88,14 +86,6 @@ class InMemorySessionStore(ISessionStore):
             f"{type(self).__name__}(default_ttl={self._default_ttl}, max_ttl={self._max_ttl}, "
             f"max_entries={self._max_entries})"
         )
-
-    @property
-    def default_ttl(self) -> int:
-        return self._default_ttl
-
-    @property
-    def max_ttl(self) -> int:
-        return self._max_ttl
 
     @property
     def max_entries(self) -> int:
@@ -125,9 +115,6 @@ class InMemorySessionStore(ISessionStore):
             return [(key, entry.payload, _remaining(entry, now)) for key, entry in self._entries.items()]
 
     # --- internals; every method below that touches the entries is called with the lock held ------------------------
-
-    def _ttl_or_default(self, ttl: int | None) -> int:
-        return self._default_ttl if ttl is None else check_ttl(ttl, self._max_ttl)
 
     def _live(self, key: str, now: float) -> _Entry | None:
         """The entry under ``key`` if it has not expired; an expired one is removed on the way."""

@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fmredis.client import create_redis_client
 from fmredis.errors import StoreError, StoreUnavailable
 from fmredis.serialization import CorruptSession, decode_session, encode_for_write
-from fmredis.store import ISessionStore, check_key, check_keys, check_ttl, check_ttl_policy
+from fmredis.store import ISessionStore, TTLDefaults, check_key, check_keys
 
 __all__ = ["RedisSessionStore"]
 
@@ -36,7 +36,7 @@ def _is_wrong_type(exc: ResponseError) -> bool:
     return str(exc).startswith("WRONGTYPE")
 
 
-class RedisSessionStore(ISessionStore):
+class RedisSessionStore(TTLDefaults, ISessionStore):
     """Sessions in Redis: one string key per session holding its orjson document, with a TTL.
 
     ``client`` defaults to :func:`~fmredis.client.create_redis_client` (settings from the environment); the store then
@@ -60,7 +60,7 @@ class RedisSessionStore(ISessionStore):
     ) -> None:
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
-        check_ttl_policy(default_ttl, max_ttl)
+        self._init_ttls(default_ttl, max_ttl)
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size must be an int of at least 1 (got {batch_size!r})")
         self._owns_client = client is None if owns_client is None else owns_client
@@ -69,8 +69,6 @@ class RedisSessionStore(ISessionStore):
         # keeps the store within a few percent of raw redis-py.
         self._execute: Callable[..., Any] = self._client.execute_command
         self._prefix = prefix
-        self._default_ttl = default_ttl
-        self._max_ttl = max_ttl
         self._batch_size = batch_size
 
     def __repr__(self) -> str:
@@ -87,23 +85,12 @@ class RedisSessionStore(ISessionStore):
     def prefix(self) -> str:
         return self._prefix
 
-    @property
-    def default_ttl(self) -> int:
-        return self._default_ttl
-
-    @property
-    def max_ttl(self) -> int:
-        return self._max_ttl
-
     def close(self) -> None:
         """Disconnect the pool's idle connections if this store owns its client (a client passed in is left to its
         owner). Commands other threads are running finish; their connections close when garbage collected."""
         if self._owns_client:
             self._client.close()
             self._client.connection_pool.disconnect(inuse_connections=False)
-
-    def _ttl_or_default(self, ttl: int | None) -> int:
-        return self._default_ttl if ttl is None else check_ttl(ttl, self._max_ttl)
 
     def _corrupt(self, full_key: str, reason: object) -> None:
         logger.warning(

@@ -8,7 +8,7 @@ from typing import Any
 
 from fmredis.errors import InvalidKeyError, InvalidTTLError
 
-__all__ = ["MAX_KEY_LENGTH", "ISessionStore", "check_key", "check_keys", "check_ttl", "check_ttl_policy"]
+__all__ = ["MAX_KEY_LENGTH", "ISessionStore", "TTLDefaults", "check_key", "check_keys", "check_ttl"]
 
 #: Longest session key accepted, in characters (the store's prefix is not counted).
 MAX_KEY_LENGTH = 512
@@ -53,11 +53,27 @@ def check_ttl(ttl: object, max_ttl: int) -> int:
     raise InvalidTTLError(f"ttl {ttl} exceeds max_ttl {max_ttl}")
 
 
-def check_ttl_policy(default_ttl: object, max_ttl: object) -> None:
-    """A store's TTL settings: ``max_ttl`` an int of at least 1, ``default_ttl`` a valid TTL under it."""
-    if type(max_ttl) is not int or max_ttl < 1:
-        raise InvalidTTLError(f"max_ttl must be an int of at least 1 (got {max_ttl!r})")
-    check_ttl(default_ttl, max_ttl)
+class TTLDefaults:
+    """Mixin for stores that own their TTLs: ``default_ttl`` and ``max_ttl``, checked once, and the per-call rule."""
+
+    _default_ttl: int
+    _max_ttl: int
+
+    def _init_ttls(self, default_ttl: object, max_ttl: object) -> None:
+        if type(max_ttl) is not int or max_ttl < 1:
+            raise InvalidTTLError(f"max_ttl must be an int of at least 1 (got {max_ttl!r})")
+        self._default_ttl, self._max_ttl = check_ttl(default_ttl, max_ttl), max_ttl
+
+    @property
+    def default_ttl(self) -> int:
+        return self._default_ttl
+
+    @property
+    def max_ttl(self) -> int:
+        return self._max_ttl
+
+    def _ttl_or_default(self, ttl: int | None) -> int:
+        return self._default_ttl if ttl is None else check_ttl(ttl, self._max_ttl)
 
 
 class ISessionStore(abc.ABC):
