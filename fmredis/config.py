@@ -60,6 +60,10 @@ def _as_str(value: object) -> str:
     return value
 
 
+def _as_lower(value: object) -> str:
+    return _as_str(value).strip().lower()
+
+
 def _as_int(value: object) -> int:
     if isinstance(value, bool):
         raise TypeError("must be an integer, not a bool")
@@ -125,6 +129,7 @@ _cert_reqs = _check(lambda v: v in _CERT_REQS, "must be one of: required, option
 
 _TYPES: dict[Callable[[object], Any], tuple[type, ...]] = {
     _as_str: (str,),
+    _as_lower: (str,),
     _as_int: (int,),
     _as_float: (int, float),
     _as_bool: (bool,),
@@ -177,7 +182,7 @@ class RedisSettings:
     ssl_ca_certs: str | None = _setting(None, _as_str)
     ssl_certfile: str | None = _setting(None, _as_str)
     ssl_keyfile: str | None = _setting(None, _as_str)
-    ssl_cert_reqs: str = _setting("required", _as_str, _cert_reqs)
+    ssl_cert_reqs: str = _setting("required", _as_lower, _cert_reqs)
     unix_socket_path: str | None = _setting(None, _as_str, _non_empty)
     #: RESP version. 2 works with every server; under 3 redis-py 8 adds a maintenance-notification handshake (and a
     #: DEBUG record when the server lacks it) to every new connection, and fmredis uses nothing RESP3 adds.

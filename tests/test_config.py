@@ -802,3 +802,8 @@ class TestReviewFindings:
     @pytest.mark.parametrize(("url", "ssl"), [("rediss://h?ssl=true", True), ("redis://h?ssl=true", True)])
     def test_ssl_in_the_query_may_restate_or_set_tls(self, url: str, ssl: bool) -> None:
         assert resolve_settings(environ={}, url=url).ssl is ssl
+
+    @pytest.mark.parametrize("given", ["NONE", "Optional", " required "])
+    def test_ssl_cert_reqs_is_case_insensitive(self, given: str) -> None:
+        settings = resolve_settings(environ={"REDIS_SSL_CERT_REQS": given})
+        assert settings.ssl_cert_reqs == given.strip().lower()
