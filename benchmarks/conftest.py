@@ -57,9 +57,11 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
     }
 
 
-def _variant(name: str) -> str:
-    """``test_x[orjson-seed]`` -> ``orjson-seed``; ``test_get_store`` -> ``test_get_store``."""
-    return name[name.index("[") + 1 : -1] if name.endswith("]") else name
+def _variant(name: str, group: str) -> str:
+    """``test_x[orjson-seed]`` -> ``orjson-seed``; ``test_get_store`` and ``test_set_store[<its group>]`` -> the
+    function name (a parameter that only names the group tells the variants apart by nothing)."""
+    function, _, param = name.partition("[")
+    return param[:-1] if param and param[:-1] != group else function
 
 
 def group_ratios(rows: Any) -> dict[str, dict[str, Any]]:
@@ -75,7 +77,7 @@ def group_ratios(rows: Any) -> dict[str, dict[str, Any]]:
         base = baselines[0]
         for name, member in members.items():
             if member is not base:
-                result[f"{group}: {_variant(name)} vs {_variant(base['name'])}"] = {
+                result[f"{group}: {_variant(name, group)} vs {_variant(base['name'], group)}"] = {
                     "median_ratio": round(member["median"] / base["median"], 3),
                     "min_ratio": round(member["min"] / base["min"], 3),
                     "median_us": round(member["median"] * 1e6, 2),

@@ -38,28 +38,20 @@ def test_get_store(benchmark: Any, store: RedisSessionStore) -> None:
     assert benchmark(store.get, KEY) == SESSION
 
 
-def test_set_raw(benchmark: Any, bench_client: redis.Redis, store: RedisSessionStore) -> None:
-    benchmark.group, benchmark.extra_info["role"] = "set", "baseline"
-    assert benchmark(bench_client.set, store.prefix + KEY, PAYLOAD, ex=TTL) is True
-
-
-def test_set_store(benchmark: Any, store: RedisSessionStore) -> None:
-    benchmark.group, benchmark.extra_info["role"] = "set", "candidate"
-    benchmark(store.set, KEY, SESSION, TTL)
-    assert store.get(KEY) == SESSION
-
-
-# A session with nulls: the store then also scans the document for NaN/infinity (orjson would write them as null).
+# A session with nulls makes the store also scan the document for NaN/infinity (orjson would write them as null).
 SESSION_WITH_NULLS = {**SEED_SESSION, "investigation_id": None, "context": {**SEED_SESSION["context"], "closed": None}}
-PAYLOAD_WITH_NULLS = orjson.dumps(SESSION_WITH_NULLS)
+SET_CASES = {"set": SESSION, "set, session with nulls": SESSION_WITH_NULLS}
 
 
-def test_set_nulls_raw(benchmark: Any, bench_client: redis.Redis, store: RedisSessionStore) -> None:
-    benchmark.group, benchmark.extra_info["role"] = "set, session with nulls", "baseline"
-    assert benchmark(bench_client.set, store.prefix + KEY, PAYLOAD_WITH_NULLS, ex=TTL) is True
+@pytest.mark.parametrize("group", SET_CASES)
+def test_set_raw(benchmark: Any, bench_client: redis.Redis, store: RedisSessionStore, group: str) -> None:
+    benchmark.group, benchmark.extra_info["role"] = group, "baseline"
+    payload = orjson.dumps(SET_CASES[group])
+    assert benchmark(bench_client.set, store.prefix + KEY, payload, ex=TTL) is True
 
 
-def test_set_nulls_store(benchmark: Any, store: RedisSessionStore) -> None:
-    benchmark.group, benchmark.extra_info["role"] = "set, session with nulls", "candidate"
-    benchmark(store.set, KEY, SESSION_WITH_NULLS, TTL)
-    assert store.get(KEY) == SESSION_WITH_NULLS
+@pytest.mark.parametrize("group", SET_CASES)
+def test_set_store(benchmark: Any, store: RedisSessionStore, group: str) -> None:
+    benchmark.group, benchmark.extra_info["role"] = group, "candidate"
+    benchmark(store.set, KEY, SET_CASES[group], TTL)
+    assert store.get(KEY) == SET_CASES[group]
