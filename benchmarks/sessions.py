@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-# The design document's session shape.
+# The design document's session shape. created_at is an hour before the run (in the document's "Z" form) so the
+# stores' default 24-hour lifetime cap keeps it.
 SEED_SESSION: dict[str, Any] = {
     "user_id": "user_123",
-    "created_at": "2025-01-15T10:30:45.123Z",
+    "created_at": (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(timespec="milliseconds")[:-6] + "Z",
     "last_activity": "2025-01-15T10:35:22.456Z",
     "investigation_id": "inv_789",
     "context": {

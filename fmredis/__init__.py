@@ -9,14 +9,18 @@ from fmredis.errors import (
     InvalidKeyError,
     InvalidTTLError,
     SerializationError,
+    SessionNotFound,
     StoreError,
     StoreUnavailable,
+    UpdateConflict,
 )
 from fmredis.fallback import FallbackSessionStore
+from fmredis.lifecycle import session_ref
 from fmredis.memory_store import InMemorySessionStore
 from fmredis.redis_store import RedisSessionStore
 from fmredis.resilient import ResilientRedisSessionStore
 from fmredis.store import MAX_KEY_LENGTH, ISessionStore
+from fmredis.ttl_policy import SessionTTLManager
 
 __version__ = "0.1.0"
 
@@ -35,11 +39,15 @@ __all__ = [
     "RedisSettings",
     "ResilientRedisSessionStore",
     "SerializationError",
+    "SessionNotFound",
+    "SessionTTLManager",
     "StoreError",
     "StoreUnavailable",
+    "UpdateConflict",
     "__version__",
     "build_connection_pool",
     "create_redis_client",
     "diagnostics",
     "resolve_settings",
+    "session_ref",
 ]

@@ -13,8 +13,10 @@ __all__ = [
     "InvalidKeyError",
     "InvalidTTLError",
     "SerializationError",
+    "SessionNotFound",
     "StoreError",
     "StoreUnavailable",
+    "UpdateConflict",
 ]
 
 
@@ -53,3 +55,13 @@ class StoreError(FmRedisError):
 
 class StoreUnavailable(StoreError, ConnectionError):
     """The backend could not be reached in time: connection refused or lost, socket timeout, pool exhausted."""
+
+
+class SessionNotFound(FmRedisError, KeyError):
+    """An operation that needs an existing session (``update``, ``regenerate``) found none under the key: it is
+    missing, expired, or unreadable. Nothing was written."""
+
+
+class UpdateConflict(StoreError):
+    """``update`` lost the race to concurrent writers of the same session on every attempt it was allowed; the
+    session holds the other writers' data and none of this update."""

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from fmredis.breaker import CircuitBreaker
-from fmredis.errors import StoreError, StoreUnavailable
-from fmredis.store import ISessionStore, check_keys
+from fmredis.errors import SessionNotFound, StoreError, StoreUnavailable
+from fmredis.store import ISessionStore, SessionUpdate, check_keys
 
 __all__ = ["ResilientRedisSessionStore"]
 
@@ -41,8 +41,19 @@ class ResilientRedisSessionStore(ISessionStore):
       probe) makes an outage fail fast: while it is open, calls raise ``StoreUnavailable`` at once.
 
     When it gives up it raises :class:`~fmredis.errors.StoreUnavailable` with the last failure as its cause: an outage
-    is never turned into "session not found". A retried ``delete``/``delete_many`` counts only what existed at the
-    attempt that succeeded. All methods are thread-safe.
+    is never turned into "session not found". A retried ``delete``/``delete_many``/``delete_user_sessions`` counts only
+    what existed at the attempt that succeeded.
+
+    Single attempt: ``update``, ``create`` and ``regenerate`` are not idempotent (when a connection drops after the
+    ``EXEC`` or ``SET`` was sent, whether it was applied is unknown, and a retried ``update`` would apply ``fn`` twice),
+    so they get ONE attempt, through the breaker and the rebuild accounting like every call; their
+    ``StoreUnavailable`` means "may or may not have been applied". Every other method, ``touch`` and
+    ``get(refresh=True)`` included, is retried as above.
+
+    :meth:`stats` sums the counters of every inner store used so far (a rebuild does not reset them, and they never go
+    back) and adds ``rebuilds``. A replaced store is not kept: its counters are folded into running totals when it is
+    replaced, so a call still running on it at that moment may be missing from the totals. All methods are
+    thread-safe.
     """
 
     def __init__(
@@ -80,6 +91,8 @@ class ResilientRedisSessionStore(ISessionStore):
         self._clock = clock
         self._sleep = sleep
         self.rebuilds = 0
+        # Counters of the stores replaced so far, summed at each rebuild (under _rebuild_lock): only numbers are kept.
+        self._retired_totals: dict[str, int] = {}
 
     @property
     def store(self) -> ISessionStore:
@@ -99,6 +112,9 @@ class ResilientRedisSessionStore(ISessionStore):
                 return
             failures = self._consecutive_failures
             self._current = (self._factory(), generation + 1)  # complete before it is published
+            # Counters must not go back to zero on a rebuild: fold the old store's into the totals, and drop it (with
+            # its client and pool) once closed below. Calls still running on it may count after this: not included.
+            _add(self._retired_totals, old.stats())
             self._consecutive_failures = 0
             self.rebuilds += 1
         logger.warning("Rebuilt the Redis client after %d consecutive connection failures", failures)
@@ -106,7 +122,9 @@ class ResilientRedisSessionStore(ISessionStore):
         if close is not None:
             close()  # idle connections only: calls still running on the old store finish there
 
-    def _call(self, operation: Callable[[ISessionStore], T]) -> T:
+    def _call(self, operation: Callable[[ISessionStore], T], *, attempts: int | None = None) -> T:
+        """Run ``operation`` on the current store, up to ``attempts`` times (default: the store's ``attempts``)."""
+        limit = self._attempts if attempts is None else attempts
         started = self._clock()
         attempt = 0
         while True:
@@ -122,7 +140,7 @@ class ResilientRedisSessionStore(ISessionStore):
                 if self._current[1] != generation:  # a rebuild replaced this store meanwhile: not the server's fault
                     self.breaker.release()
                     attempt += 1
-                    if attempt >= self._attempts:
+                    if attempt >= limit:
                         raise StoreUnavailable(f"Redis unavailable after {attempt} attempt(s): {exc}") from exc
                     continue
                 self.breaker.record_failure()
@@ -134,11 +152,11 @@ class ResilientRedisSessionStore(ISessionStore):
                 now = self._clock()
                 # Give up if another attempt as slow as this one would end past the deadline: a frozen server makes
                 # each attempt last a full socket timeout, and the deadline is meant to bound the caller's wait.
-                if attempt >= self._attempts or now + delay + (now - attempt_started) - started > self._deadline:
+                if attempt >= limit or now + delay + (now - attempt_started) - started > self._deadline:
                     raise StoreUnavailable(f"Redis unavailable after {attempt} attempt(s): {exc}") from exc
                 self._sleep(delay)
-            except StoreError:
-                self.breaker.record_success()  # the server answered, with an error: it is up
+            except (StoreError, SessionNotFound):
+                self.breaker.record_success()  # the server answered (an error, or "no such session"): it is up
                 raise
             except BaseException:
                 self.breaker.release()  # bad input or a bug: the server was not asked
@@ -146,9 +164,14 @@ class ResilientRedisSessionStore(ISessionStore):
             else:
                 self.breaker.record_success()
                 self._consecutive_failures = 0
+                # Its traceback holds the failed call's frames, and so the store it failed on: once a call succeeds it
+                # is no longer needed as a cause, and must not keep a replaced store (client and pool) alive.
+                self._last_failure = None
                 return result
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str, *, refresh: bool = False) -> dict[str, Any] | None:
+        if refresh:
+            return self._call(lambda store: store.get(key, refresh=True))
         return self._call(lambda store: store.get(key))
 
     def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
@@ -173,3 +196,40 @@ class ResilientRedisSessionStore(ISessionStore):
     def delete_many(self, keys: Iterable[str]) -> int:
         listed = check_keys(keys)
         return self._call(lambda store: store.delete_many(listed))
+
+    def touch(self, key: str, ttl: int | None = None) -> bool:
+        return self._call(lambda store: store.touch(key, ttl))
+
+    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
+        return self._call(lambda store: store.update(key, fn, ttl), attempts=1)  # a retry could apply fn twice
+
+    def create(self, user_id: str, data: dict[str, Any], ttl: int | None = None) -> str:
+        return self._call(lambda store: store.create(user_id, data, ttl), attempts=1)
+
+    def regenerate(self, session_id: str) -> str:
+        return self._call(lambda store: store.regenerate(session_id), attempts=1)
+
+    def sessions_for_user(self, user_id: str) -> list[str]:
+        return self._call(lambda store: store.sessions_for_user(user_id))
+
+    def delete_user_sessions(self, user_id: str) -> int:
+        return self._call(lambda store: store.delete_user_sessions(user_id))
+
+    def stats(self) -> dict[str, int]:
+        """The counters of every inner store this wrapper has used, summed, plus ``rebuilds``; no round trip, so it
+        works while the breaker is open.
+
+        Read under the rebuild lock: a rebuild between reading the totals and the current store would count the
+        replaced store twice or not at all.
+        """
+        with self._rebuild_lock:
+            totals = dict(self._retired_totals)
+            _add(totals, self._current[0].stats())
+            rebuilds = self.rebuilds
+        return {**totals, "rebuilds": rebuilds}
+
+
+def _add(totals: dict[str, int], counters: dict[str, int]) -> None:
+    """Add ``counters`` into ``totals``, name by name."""
+    for name, value in counters.items():
+        totals[name] = totals.get(name, 0) + value

@@ -1,7 +1,9 @@
-"""Shared fixtures: one throwaway redis-server on loopback for the session (pytest-redis), clients and stores on it."""
+"""Shared fixtures: one throwaway redis-server on loopback for the session (pytest-redis), clients and stores on it,
+and ``store``: every store the contract suites run against."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -9,7 +11,14 @@ import redis
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
-from fmredis import RedisSessionStore, create_redis_client
+from fmredis import (
+    FallbackSessionStore,
+    InMemorySessionStore,
+    ISessionStore,
+    RedisSessionStore,
+    ResilientRedisSessionStore,
+    create_redis_client,
+)
 
 # port=None: pytest-redis picks a free port; it binds 127.0.0.1 and also opens a unix socket in a temp folder.
 redis_server = factories.redis_proc(host="127.0.0.1", port=None)
@@ -41,3 +50,50 @@ def client(redis_url: str, raw: redis.Redis) -> Iterator[redis.Redis]:
 @pytest.fixture
 def redis_store(client: redis.Redis) -> RedisSessionStore:
     return RedisSessionStore(client)
+
+
+#: The stores every contract test runs against (add new stores here).
+STORES = ["redis_store", "memory_store", "resilient_store", "fallback_store"]
+
+
+@pytest.fixture
+def memory_store() -> InMemorySessionStore:
+    return InMemorySessionStore()
+
+
+@pytest.fixture
+def resilient_store(redis_store: RedisSessionStore) -> ResilientRedisSessionStore:
+    return ResilientRedisSessionStore(lambda: redis_store)
+
+
+@pytest.fixture
+def fallback_store(redis_store: RedisSessionStore) -> FallbackSessionStore:
+    return FallbackSessionStore(ResilientRedisSessionStore(lambda: redis_store))
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> ISessionStore:
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def root_records() -> Iterator[list[logging.LogRecord]]:
+    """Every record any logger emits, DEBUG included (a handler on the root logger, root set to DEBUG)."""
+    root = logging.getLogger()
+    handler, level = _Records(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler.records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

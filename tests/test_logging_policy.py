@@ -3,33 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from fmredis import FallbackSessionStore, ISessionStore, RedisSessionStore, ResilientRedisSessionStore
-
-
-class Counter(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def root_records() -> Iterator[list[logging.LogRecord]]:
-    root = logging.getLogger()
-    handler, level = Counter(), root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield handler.records
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 @pytest.fixture(params=["plain", "wrapped"])

@@ -173,6 +173,7 @@ def test_the_newer_session_in_redis_wins_a_conflict(server: RedisProcess) -> Non
         "deleted": 0,
         "kept_newer_in_redis": 1,
         "expired_in_memory": 0,
+        "gone_in_redis": 0,
         "failed": 0,
     }
     raw.close()

@@ -1,0 +1,535 @@
+"""Lifecycle calls through the wrapper stores: FallbackSessionStore during and after an outage (real Redis behind a
+primary that can be cut off), and ResilientRedisSessionStore's retry policy and counters across rebuilds (fakes)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import secrets
+import threading
+import time
+import types
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+import redis
+
+import fmredis.store
+from fmredis import (
+    FallbackSessionStore,
+    InMemorySessionStore,
+    InvalidTTLError,
+    ISessionStore,
+    RedisSessionStore,
+    ResilientRedisSessionStore,
+    SerializationError,
+    SessionNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from fmredis.breaker import CircuitBreaker
+from fmredis.lifecycle import session_ref
+from fmredis.serialization import parse_utc
+from fmredis.store import SessionUpdate
+
+# --- helpers ---------------------------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Switchable(ISessionStore):
+    """A real store that raises ``StoreUnavailable`` on every call while ``down`` is set (as if cut off from Redis)."""
+
+    def __init__(self, inner: ISessionStore) -> None:
+        self.inner = inner
+        self.down = False
+
+    def _up(self) -> ISessionStore:
+        if self.down:
+            raise StoreUnavailable("primary is cut off")
+        return self.inner
+
+    def get(self, key: str, *, refresh: bool = False) -> dict[str, Any] | None:
+        return self._up().get(key, refresh=refresh)
+
+    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
+        self._up().set(key, value, ttl)
+
+    def delete(self, key: str) -> bool:
+        return self._up().delete(key)
+
+    def exists(self, key: str) -> bool:
+        return self._up().exists(key)
+
+    def extend_ttl(self, key: str, ttl: int | None = None) -> bool:
+        return self._up().extend_ttl(key, ttl)
+
+    def ttl(self, key: str) -> int | None:
+        return self._up().ttl(key)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return self._up().get_many(keys)
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        return self._up().delete_many(keys)
+
+    def touch(self, key: str, ttl: int | None = None) -> bool:
+        return self._up().touch(key, ttl)
+
+    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
+        return self._up().update(key, fn, ttl)
+
+    def create(self, user_id: str, data: dict[str, Any], ttl: int | None = None) -> str:
+        return self._up().create(user_id, data, ttl)
+
+    def regenerate(self, session_id: str) -> str:
+        return self._up().regenerate(session_id)
+
+    def sessions_for_user(self, user_id: str) -> list[str]:
+        return self._up().sessions_for_user(user_id)
+
+    def delete_user_sessions(self, user_id: str) -> int:
+        return self._up().delete_user_sessions(user_id)
+
+    def stats(self) -> dict[str, int]:
+        return self.inner.stats()
+
+
+class Fake(InMemorySessionStore):
+    """An in-memory primary/inner store that counts calls per method, can be 'down', and refuses chosen keys' SETs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.refused: set[str] = set()
+        self.calls: dict[str, int] = {}
+
+    def _enter(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.down:
+            raise StoreUnavailable(f"{name}: store is down")
+
+    def get(self, key: str, *, refresh: bool = False) -> dict[str, Any] | None:
+        self._enter("get")
+        return super().get(key, refresh=refresh)
+
+    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
+        self._enter("set")
+        if key in self.refused:
+            raise StoreError("Redis SET failed: ResponseError OOM")
+        super().set(key, value, ttl)
+
+    def exists(self, key: str) -> bool:
+        self._enter("exists")
+        return super().exists(key)
+
+    def touch(self, key: str, ttl: int | None = None) -> bool:
+        self._enter("touch")
+        return super().touch(key, ttl)
+
+    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
+        self._enter("update")
+        return super().update(key, fn, ttl)
+
+    def create(self, user_id: str, data: dict[str, Any], ttl: int | None = None) -> str:
+        self._enter("create")
+        return super().create(user_id, data, ttl)
+
+    def regenerate(self, session_id: str) -> str:
+        self._enter("regenerate")
+        return super().regenerate(session_id)
+
+    def sessions_for_user(self, user_id: str) -> list[str]:
+        self._enter("sessions_for_user")
+        return super().sessions_for_user(user_id)
+
+    def delete_user_sessions(self, user_id: str) -> int:
+        self._enter("delete_user_sessions")
+        return super().delete_user_sessions(user_id)
+
+
+def cut_off(primary: Switchable | Fake, store: FallbackSessionStore) -> None:
+    """Cut the primary off and make ``store`` notice (a call that fails over to memory)."""
+    primary.down = True
+    assert store.get("probe-the-outage") is None
+    assert store.degraded
+
+
+def reconnect(primary: Switchable | Fake, store: FallbackSessionStore, clock: Clock) -> None:
+    primary.down = False
+    clock.now += 1.0
+    store.exists("anything")  # the call that probes, and writes the outage back
+    assert not store.degraded
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def primary(redis_store: RedisSessionStore) -> Switchable:
+    return Switchable(redis_store)
+
+
+@pytest.fixture
+def fallback(primary: Switchable, clock: Clock) -> FallbackSessionStore:
+    return FallbackSessionStore(primary, probe_interval=1.0, clock=clock)
+
+
+def token() -> str:
+    return "tok-" + secrets.token_urlsafe(24)
+
+
+# --- (a) the write-back never revives a session logged out elsewhere during the outage ------------------------------
+
+
+@pytest.mark.parametrize("logout", ["delete_user_sessions", "regenerate"])
+def test_a_user_session_logged_out_elsewhere_is_not_revived(
+    logout: str,
+    fallback: FallbackSessionStore,
+    primary: Switchable,
+    redis_store: RedisSessionStore,
+    raw: redis.Redis,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sid = fallback.create("alice", {"cart": 1})
+    session = fallback.get(sid)
+    assert session is not None
+    cut_off(primary, fallback)
+    fallback.set(sid, {**session, "cart": 2})  # process A, cut off: lands in memory only
+    fallback.set("anonymous", {"cart": 3})  # no user_id: memory's copy wins when Redis has none
+    assert fallback.get(sid)["cart"] == 2  # type: ignore[index]
+    # Process B, still connected to Redis, logs the session out meanwhile.
+    if logout == "delete_user_sessions":
+        assert redis_store.delete_user_sessions("alice") == 1
+        survivors: list[str] = []
+    else:
+        survivors = [redis_store.regenerate(sid)]
+    with caplog.at_level(logging.INFO, logger="fmredis"):
+        reconnect(primary, fallback, clock)
+    assert not raw.exists(f"session:{sid}")
+    assert fallback.get(sid) is None
+    assert fallback.sessions_for_user("alice") == survivors
+    assert fallback.get("anonymous")["cart"] == 3  # type: ignore[index]
+    recovery = fallback.last_recovery
+    assert recovery is not None
+    assert recovery["gone_in_redis"] == 1 and recovery["written_back"] == 1
+    assert any("left out 1 user sessions gone from Redis" in r.getMessage() for r in caplog.records)
+
+
+def test_a_user_session_still_in_redis_is_written_back(
+    fallback: FallbackSessionStore, primary: Switchable, redis_store: RedisSessionStore, clock: Clock
+) -> None:
+    sid = fallback.create("bob", {"n": 1})
+    session = redis_store.get(sid)
+    assert session is not None
+    cut_off(primary, fallback)
+    fallback.set(sid, {**session, "n": 2, "last_activity": "2999-01-01T00:00:00+00:00"})
+    reconnect(primary, fallback, clock)
+    assert redis_store.get(sid)["n"] == 2  # type: ignore[index]
+    assert fallback.sessions_for_user("bob") == [sid]
+    assert fallback.last_recovery is not None
+    assert fallback.last_recovery["written_back"] == 1 and fallback.last_recovery["gone_in_redis"] == 0
+
+
+def test_only_a_non_empty_str_user_id_makes_a_user_session(
+    fallback: FallbackSessionStore, primary: Switchable, redis_store: RedisSessionStore, clock: Clock
+) -> None:
+    cut_off(primary, fallback)
+    fallback.set("x", {"user_id": ""})  # no user: written back like an anonymous session
+    fallback.set("y", {"user_id": 7})
+    reconnect(primary, fallback, clock)
+    assert redis_store.exists("x") and redis_store.exists("y")
+    assert fallback.last_recovery is not None
+    assert fallback.last_recovery["gone_in_redis"] == 0 and fallback.last_recovery["written_back"] == 2
+
+
+# --- (b) logs name a session by its reference, never by its key ------------------------------------------------------
+
+
+def _assert_only_ref(records: list[logging.LogRecord], key: str, text: str) -> None:
+    matching = [r for r in records if text in r.getMessage()]
+    assert matching, [r.getMessage() for r in records]
+    for record in matching:
+        assert session_ref(key) in record.getMessage()
+        assert record.session_id == session_ref(key)  # type: ignore[attr-defined]
+    for record in records:
+        assert key not in record.getMessage()
+        assert key not in repr(vars(record))
+
+
+def test_an_eviction_logs_the_session_ref_not_the_key(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    primary = Fake()
+    store = FallbackSessionStore(primary, probe_interval=1.0, clock=clock, max_entries=2)
+    cut_off(primary, store)
+    lost, kept = token(), [token(), token()]
+    with caplog.at_level(logging.DEBUG, logger="fmredis"):
+        store.set(lost, {"v": 0})
+        for key in kept:
+            store.set(key, {"v": 1})  # the second evicts `lost`, which never reached Redis
+    assert store.lost_unsynced == 1
+    _assert_only_ref(caplog.records, lost, "evicted before it reached Redis")
+
+
+def test_a_failed_write_back_logs_the_session_ref_not_the_key(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    primary = Fake()
+    store = FallbackSessionStore(primary, probe_interval=1.0, clock=clock)
+    cut_off(primary, store)
+    bad = token()
+    store.set(bad, {"v": 0})
+    primary.refused = {bad}
+    with caplog.at_level(logging.DEBUG, logger="fmredis"):
+        reconnect(primary, store, clock)
+    assert store.last_recovery is not None and store.last_recovery["failed"] == 1
+    _assert_only_ref(caplog.records, bad, "could not be written back")
+
+
+# --- (c) lifecycle calls during an outage ----------------------------------------------------------------------------
+
+
+def test_redis_only_calls_raise_store_unavailable_during_an_outage(
+    fallback: FallbackSessionStore, primary: Switchable
+) -> None:
+    sid = fallback.create("carol", {})
+    cut_off(primary, fallback)
+    for call in (
+        lambda: fallback.create("carol", {"a": 1}),
+        lambda: fallback.create("carol", {"a": 1}, ttl=60),
+        lambda: fallback.regenerate(sid),
+        lambda: fallback.sessions_for_user("carol"),
+        lambda: fallback.delete_user_sessions("carol"),
+    ):
+        with pytest.raises(StoreUnavailable):
+            call()
+
+
+@pytest.mark.parametrize("down", [False, True], ids=["up", "outage"])
+def test_bad_create_input_raises_the_same_error_whether_or_not_redis_is_up(
+    down: bool, fallback: FallbackSessionStore, primary: Switchable
+) -> None:
+    if down:
+        cut_off(primary, fallback)
+    with pytest.raises(SerializationError):
+        fallback.create("dave", {"tags": {1, 2}})
+    with pytest.raises(SerializationError):
+        fallback.create("dave", {"ratio": float("nan")})
+    with pytest.raises(SerializationError):
+        fallback.create("dave", ["not", "a", "dict"])  # type: ignore[arg-type]
+    for ttl in (0, -5, 10**9, 1.5, True):
+        with pytest.raises(InvalidTTLError):
+            fallback.create("dave", {}, ttl=ttl)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="user_id"):
+        fallback.create("dave", {"user_id": "eve"})
+    assert fallback.degraded == down
+    primary.down = False
+    assert primary.sessions_for_user("dave") == []  # nothing was written
+
+
+def test_update_during_an_outage(
+    fallback: FallbackSessionStore, primary: Switchable, redis_store: RedisSessionStore, clock: Clock
+) -> None:
+    before = fallback.create("frank", {"n": 1})  # in Redis only
+    held = fallback.create("frank", {"n": 1})
+    session = fallback.get(held)
+    assert session is not None
+    cut_off(primary, fallback)
+    with pytest.raises(StoreUnavailable):  # memory does not hold it: it may well exist in Redis
+        fallback.update(before, lambda s: {**s, "n": 2})
+    with pytest.raises(StoreUnavailable):
+        fallback.update("never-existed", lambda s: s)
+    fallback.set(held, session)  # now memory holds it
+    updated = fallback.update(held, lambda s: {**s, "n": 5})
+    assert updated["n"] == 5 and updated["user_id"] == "frank"
+    assert fallback.get(held) == updated
+    fallback.set("anonymous", {"n": 1})
+    fallback.update("anonymous", lambda s: {**s, "n": 6})
+    reconnect(primary, fallback, clock)
+    assert redis_store.get(held) == updated  # the updated document was written back (memory's copy is newer)
+    assert redis_store.get("anonymous")["n"] == 6  # type: ignore[index]
+    assert redis_store.get(before)["n"] == 1  # type: ignore[index]
+    assert sorted(fallback.sessions_for_user("frank")) == sorted([before, held])
+
+
+def test_update_of_a_held_session_at_its_lifetime_cap_raises_session_not_found(
+    primary: Switchable, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FallbackSessionStore(primary, probe_interval=1.0, clock=clock, max_lifetime=3600)
+    cut_off(primary, store)
+    created_at = "2026-01-01T00:00:00+00:00"
+    created = parse_utc(created_at)
+    assert created is not None
+    # The lifetime cap counts on the wall clock (time.time in fmredis.store): stop it where the test needs it.
+    wall = created.timestamp() + 3600 - 2
+    monkeypatch.setattr(fmredis.store, "time", types.SimpleNamespace(time=lambda: wall))
+    store.set("capped", {"n": 1, "created_at": created_at})  # two seconds of lifetime left: held...
+    assert store.exists("capped")
+    wall = created.timestamp() + 3600 - 0.5  # ...and the update reaches the cap
+    with pytest.raises(SessionNotFound):
+        store.update("capped", lambda s: {**s, "n": 2})
+    assert not store.exists("capped")
+
+
+def test_touch_and_refresh_of_a_held_session_work_during_an_outage(
+    fallback: FallbackSessionStore, primary: Switchable, redis_store: RedisSessionStore, clock: Clock
+) -> None:
+    sid = fallback.create("gina", {"n": 1})
+    session = fallback.get(sid)
+    assert session is not None
+    cut_off(primary, fallback)
+    fallback.set(sid, session, ttl=60)
+    assert fallback.ttl(sid) == 60
+    assert fallback.touch(sid) is True
+    assert fallback.ttl(sid) == 1800  # the default: touch restarted the expiry
+    fallback.set(sid, session, ttl=60)
+    assert fallback.get(sid, refresh=True) == fallback.get(sid)
+    assert fallback.ttl(sid) == 1800
+    assert fallback.touch("not-held") is False
+    assert fallback.get("not-held", refresh=True) is None
+    reconnect(primary, fallback, clock)
+    assert 1790 <= redis_store.ttl(sid) <= 1800  # type: ignore[operator]
+
+
+# --- (d) ResilientRedisSessionStore: single attempt where a retry could apply twice; counters across rebuilds --------
+
+
+def _noop(_seconds: float) -> None:
+    return None
+
+
+def resilient(factory: Callable[[], ISessionStore], **kwargs: Any) -> ResilientRedisSessionStore:
+    options: dict[str, Any] = {
+        "attempts": 3,
+        "rebuild_after": 1000,
+        "breaker": CircuitBreaker(failure_threshold=1000),
+        "sleep": _noop,
+    }
+    options.update(kwargs)
+    return ResilientRedisSessionStore(factory, **options)
+
+
+def test_non_idempotent_calls_get_one_attempt_and_the_rest_are_retried() -> None:
+    inner = Fake()
+    store = resilient(lambda: inner)
+    sid = store.create("hank", {})
+    inner.down = True
+    inner.calls.clear()
+    calls: dict[str, Callable[[], object]] = {
+        "update": lambda: store.update(sid, lambda s: s),
+        "create": lambda: store.create("hank", {}),
+        "regenerate": lambda: store.regenerate(sid),
+        "touch": lambda: store.touch(sid),
+        "sessions_for_user": lambda: store.sessions_for_user("hank"),
+        "delete_user_sessions": lambda: store.delete_user_sessions("hank"),
+        "get": lambda: store.get(sid, refresh=True),
+    }
+    for call in calls.values():
+        with pytest.raises(StoreUnavailable):
+            call()
+    assert inner.calls == {
+        "update": 1,
+        "create": 1,
+        "regenerate": 1,
+        "touch": 3,
+        "sessions_for_user": 3,
+        "delete_user_sessions": 3,
+        "get": 3,
+    }
+
+
+def test_stats_keep_counting_across_a_rebuild_and_the_old_store_is_dropped() -> None:
+    built: list[weakref.ref[Fake]] = []
+
+    def factory() -> Fake:
+        made = Fake()
+        built.append(weakref.ref(made))
+        return made
+
+    store = resilient(factory, attempts=1, rebuild_after=1)
+    sid = store.create("ivan", {})
+    for _ in range(5):
+        assert store.get(sid) is not None
+    assert store.get("missing") is None
+    first = store.stats()
+    assert first["ops"] == 7 and first["hits"] == 5 and first["misses"] == 1 and first["created"] == 1
+    assert first["rebuilds"] == 0
+    old = built[0]()
+    assert old is not None
+    old.down = True
+    del old
+    try:
+        store.get(sid)  # fails, and rebuild_after=1 replaces the store
+    except StoreUnavailable:
+        pass
+    else:  # pragma: no cover
+        pytest.fail("expected StoreUnavailable")
+    assert store.rebuilds == 1 and len(built) == 2
+    second = store.stats()
+    assert {name: value for name, value in second.items() if name != "rebuilds"} == {
+        name: value for name, value in first.items() if name != "rebuilds"
+    }
+    assert second["rebuilds"] == 1
+    store.set("k", {"v": 1})
+    assert store.get("k") == {"v": 1, "last_activity": store.get("k")["last_activity"]}  # type: ignore[index]
+    third = store.stats()
+    assert third["ops"] == first["ops"] + 3 and third["hits"] == first["hits"] + 2
+    gc.collect()
+    assert built[0]() is None  # neither kept for stats() nor by the failure it raised
+    assert built[1]() is store.store
+
+
+def test_stats_never_go_back_while_stores_are_replaced_under_load() -> None:
+    built: list[weakref.ref[Fake]] = []
+
+    def factory() -> Fake:
+        made = Fake()
+        built.append(weakref.ref(made))
+        return made
+
+    store = resilient(factory)
+    store.set("k", {"v": 1})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                store.get("k")  # a miss right after a rebuild (the new store is empty) counts too
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    def reader() -> None:
+        last: dict[str, int] = {}
+        try:
+            while not stop.is_set():
+                now = store.stats()
+                assert all(now[name] >= value for name, value in last.items()), (last, now)
+                last = now
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)] + [threading.Thread(target=reader)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(30):
+            time.sleep(0.005)
+            store._rebuild(store._current[1])
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert errors == []
+    assert store.rebuilds == 30 and store.stats()["rebuilds"] == 30
+    assert store.stats()["ops"] > 30
+    gc.collect()
+    assert [ref() is None for ref in built] == [True] * 30 + [False]
