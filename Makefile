@@ -27,13 +27,14 @@ $(BIN)/activate: setup.py
 test: redis-server $(BIN)/activate
 	$(BIN)/tox run
 
-# The benchmarks (the main job): the paced before/after logging comparison, outage figures, the counters' cost, then
-# pytest-benchmark.
+# The benchmarks (the main job): the paced before/after logging comparison, outage figures, the counters' cost, Sentinel
+# failover figures, then pytest-benchmark (including the cluster against standalone).
 # Tables on the terminal; JSON, the chart and the log under benchmarks/results/. REDIS_URL: use that server instead.
 bench: redis-server $(BIN)/activate
 	mkdir -p $(RESULTS)
 	$(BIN)/python benchmarks/paced.py --out $(RESULTS)
 	$(BIN)/python benchmarks/outage.py --out $(RESULTS)
 	$(BIN)/python benchmarks/counters.py --out $(RESULTS)
+	$(BIN)/python benchmarks/failover.py --out $(RESULTS)
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only --benchmark-columns=min,median,iqr,ops,rounds \
 	  --benchmark-json=$(RESULTS)/benchmarks.json

@@ -9,6 +9,7 @@ SUITE_DEPS = [
     "pytest-timeout>=2",
     "hypothesis>=6",
     "matplotlib>=3.7",
+    "trustme>=1.1",  # throwaway CA and certificates for the TLS tests
 ]
 
 setup(

@@ -1,7 +1,7 @@
 """fmredis: a synchronous, thread-safe Redis session store with as little per-operation overhead as possible."""
 
 from fmredis.breaker import CircuitBreaker
-from fmredis.client import build_connection_pool, create_redis_client, diagnostics
+from fmredis.client import RedisClient, build_connection_pool, create_redis_client, diagnostics
 from fmredis.config import ConfigManager, RedisSettings, resolve_settings
 from fmredis.errors import (
     ConfigurationError,
@@ -35,6 +35,7 @@ __all__ = [
     "InMemorySessionStore",
     "InvalidKeyError",
     "InvalidTTLError",
+    "RedisClient",
     "RedisSessionStore",
     "RedisSettings",
     "ResilientRedisSessionStore",

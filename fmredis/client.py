@@ -4,34 +4,43 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import (
     BlockingConnectionPool,
     Connection,
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from fmredis.config import ConfigManager, RedisSettings, resolve_settings
+from fmredis.errors import StoreUnavailable
 
-__all__ = ["build_connection_pool", "create_redis_client", "diagnostics"]
+__all__ = ["RedisClient", "build_connection_pool", "create_redis_client", "diagnostics"]
+
+#: What :func:`create_redis_client` returns: ``redis.Redis`` (standalone, sentinel) or ``RedisCluster`` (cluster).
+RedisClient: TypeAlias = redis.Redis | RedisCluster
 
 logger = logging.getLogger(__name__)
 
 
-def build_connection_pool(settings: RedisSettings) -> BlockingConnectionPool:
-    """A ``BlockingConnectionPool`` carrying every connection-level setting (timeouts, keepalive, retry, TLS).
+def _retry(settings: RedisSettings) -> Retry:
+    return Retry(
+        ExponentialWithJitterBackoff(cap=settings.retry_backoff_cap, base=settings.retry_backoff_base),
+        settings.retry_attempts,
+    )
 
-    They live on the pool because a ``redis.Redis`` handed ``connection_pool=`` ignores its own retry and timeout
-    arguments. Creating the pool opens no connection.
-    """
+
+def _connection_kwargs(settings: RedisSettings) -> dict[str, Any]:
+    """What every connection to a data node carries: credentials, timeouts, retry, RESP version, TLS."""
     kwargs: dict[str, Any] = {
-        "db": settings.db,
         "username": settings.username,
         "password": settings.password,
         "socket_timeout": settings.socket_timeout,
@@ -41,31 +50,116 @@ def build_connection_pool(settings: RedisSettings) -> BlockingConnectionPool:
         "protocol": settings.protocol,
         # redis-py retries ConnectionError and TimeoutError (its defaults) on the same connection after reconnecting;
         # a command that fails on a stale pooled socket thus succeeds once without surfacing an error.
-        "retry": Retry(
-            ExponentialWithJitterBackoff(cap=settings.retry_backoff_cap, base=settings.retry_backoff_base),
-            settings.retry_attempts,
-        ),
+        "retry": _retry(settings),
     }
+    if settings.unix_socket_path is None:
+        kwargs["socket_keepalive"] = True
+    if settings.ssl:
+        kwargs.update(
+            ssl_ca_certs=settings.ssl_ca_certs,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
+            ssl_cert_reqs=settings.ssl_cert_reqs,
+        )
+    return kwargs
+
+
+def build_connection_pool(settings: RedisSettings) -> BlockingConnectionPool:
+    """A ``BlockingConnectionPool`` carrying every connection-level setting (timeouts, keepalive, retry, TLS), for
+    standalone mode.
+
+    They live on the pool because a ``redis.Redis`` handed ``connection_pool=`` ignores its own retry and timeout
+    arguments. Creating the pool opens no connection.
+    """
+    if settings.mode != "standalone":
+        raise ValueError(f"build_connection_pool() is for standalone mode, not {settings.mode}")
+    kwargs = _connection_kwargs(settings)
+    kwargs["db"] = settings.db
     connection_class: type[Connection] | type[UnixDomainSocketConnection]
     if settings.unix_socket_path is not None:
         connection_class = UnixDomainSocketConnection
         kwargs["path"] = settings.unix_socket_path
     else:
         connection_class = SSLConnection if settings.ssl else Connection
-        kwargs.update(host=settings.host, port=settings.port, socket_keepalive=True)
-        if settings.ssl:
-            kwargs.update(
-                ssl_ca_certs=settings.ssl_ca_certs,
-                ssl_certfile=settings.ssl_certfile,
-                ssl_keyfile=settings.ssl_keyfile,
-                ssl_cert_reqs=settings.ssl_cert_reqs,
-            )
+        kwargs.update(host=settings.host, port=settings.port)
     return BlockingConnectionPool(  # type: ignore[no-untyped-call]  # redis-py leaves the pool's __init__ untyped
         connection_class=connection_class,
         max_connections=settings.max_connections,
         timeout=settings.pool_timeout,
         **kwargs,
     )
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (asks the sentinels for the master, drops connections to a demoted one) with the
+    blocking pool's bound: at most ``max_connections``, and callers beyond it wait up to ``timeout`` seconds.
+
+    redis-py has no such class: ``SentinelConnectionPool`` derives from the unbounded ``ConnectionPool``. The method
+    resolution order puts the Sentinel logic first and the blocking queue under it; both call ``super()``.
+    """
+
+
+class _FollowingConnection(SentinelManagedConnection):
+    """A Sentinel connection that asks for the master on every (re)connect.
+
+    redis-py 8.1 reconnects a dropped connection inside ``send_packed_command`` through ``connect_check_health``,
+    which skips ``SentinelManagedConnection.connect`` and so the sentinels: after a failover, the retry of a command
+    that met the demoted master reconnected to the same old address and failed again.
+    """
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self._sock and self.connection_pool.is_master and retry_socket_connect:
+            # connect_to() (redis-py's own path) passes retry_socket_connect=False with the address just looked up.
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
+class _FollowingSSLConnection(_FollowingConnection, SentinelManagedSSLConnection):
+    pass
+
+
+def _sentinel_client(settings: RedisSettings) -> redis.Redis:
+    sentinel_kwargs: dict[str, Any] = {
+        "username": settings.sentinel_username,
+        "password": settings.sentinel_password,
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.socket_connect_timeout,
+        "protocol": settings.protocol,
+        # Without it each sentinel client gets redis-py's default retry (3 retries, backoff up to 10 s): a sentinel
+        # that refuses connections, or a wrong sentinel password, would stall every master lookup for many seconds.
+        "retry": _retry(settings),
+    }
+    # redis-py leaves Sentinel untyped.
+    sentinel = Sentinel(list(settings.nodes), sentinel_kwargs=sentinel_kwargs, **_connection_kwargs(settings))  # type: ignore[no-untyped-call]
+    return sentinel.master_for(  # type: ignore[no-untyped-call,no-any-return]
+        settings.sentinel_master,
+        connection_pool_class=BlockingSentinelConnectionPool,
+        max_connections=settings.max_connections,
+        timeout=settings.pool_timeout,
+        db=settings.db,
+        connection_class=_FollowingSSLConnection if settings.ssl else _FollowingConnection,
+    )
+
+
+def _cluster_client(settings: RedisSettings) -> RedisCluster:
+    kwargs = _connection_kwargs(settings)
+    kwargs.pop("retry")  # the cluster client retries itself, re-reading the topology; node clients do not retry
+    (host, port), *others = settings.nodes
+    # The first node goes in as a URL on purpose: only on that path does RedisCluster build its node pools with
+    # connection_pool_class (redis-py 8.1), and a BlockingConnectionPool makes threads beyond max_connections wait
+    # up to pool_timeout instead of failing with MaxConnectionsError.
+    seed = f"{'rediss' if settings.ssl else 'redis'}://{f'[{host}]' if ':' in host else host}:{port}"
+    try:  # RedisCluster reads the topology from the nodes when it is created
+        return RedisCluster(
+            url=seed,
+            startup_nodes=[ClusterNode(h, p) for h, p in others],  # type: ignore[no-untyped-call]
+            connection_pool_class=BlockingConnectionPool,
+            max_connections=settings.max_connections,
+            timeout=settings.pool_timeout,
+            **kwargs,
+        )
+    except (RedisClusterException, redis.RedisError) as exc:
+        raise StoreUnavailable(f"Redis Cluster at {settings.address} cannot be reached: {type(exc).__name__}") from exc
 
 
 def create_redis_client(
@@ -75,35 +169,81 @@ def create_redis_client(
     config_manager: ConfigManager | None = None,
     environ: Mapping[str, str] | None = None,
     **explicit: object,
-) -> redis.Redis:
-    """A ``redis.Redis`` backed by a fresh ``BlockingConnectionPool`` built from resolved settings.
+) -> RedisClient:
+    """A client for the configured deployment, built from resolved settings.
 
     Pass ready ``settings``, or let the factory resolve them from ``explicit`` keyword arguments, ``url`` /
-    ``REDIS_URL``, ``config_manager``, ``REDIS_*`` variables and defaults (see :mod:`fmredis.config`). The client
-    returns bytes (``decode_responses=False``), connects lazily on its first command, and is safe to share between
-    threads; more threads than ``max_connections`` wait up to ``pool_timeout`` for a connection. It stays usable in a
-    child after ``os.fork()`` (the pool notices the new pid and opens fresh connections). Logs one INFO line.
+    ``REDIS_URL``, ``config_manager``, ``REDIS_*`` variables and defaults (see :mod:`fmredis.config`). By ``mode``:
+
+    - standalone: ``redis.Redis`` on a ``BlockingConnectionPool``;
+    - sentinel: ``redis.Redis`` from ``Sentinel.master_for`` on a :class:`BlockingSentinelConnectionPool`: it asks the
+      sentinels for the master before connecting and follows a failover (connections to a demoted master are closed);
+    - cluster: ``redis.cluster.RedisCluster`` (a pool of ``max_connections`` per node; it retries on topology changes).
+
+    The client returns bytes (``decode_responses=False``) and is safe to share between threads; more threads than
+    ``max_connections`` (per node in a cluster) wait up to ``pool_timeout`` for a connection. Standalone and sentinel
+    clients connect lazily on their first command; a cluster client reads the topology when it is created and raises
+    :class:`~fmredis.errors.StoreUnavailable` if no node answers. It stays usable in a child after ``os.fork()``.
+    Logs one INFO line, without credentials.
     """
     if settings is None:
         settings = resolve_settings(url=url, config_manager=config_manager, environ=environ, **explicit)
     elif url is not None or config_manager is not None or environ is not None or explicit:
         raise TypeError("create_redis_client() takes either settings or resolution arguments, not both")
-    client = redis.Redis(connection_pool=build_connection_pool(settings))
+    client: RedisClient
+    if settings.mode == "sentinel":
+        client = _sentinel_client(settings)
+    elif settings.mode == "cluster":
+        client = _cluster_client(settings)
+    else:
+        client = redis.Redis(connection_pool=build_connection_pool(settings))
+    address_field = {"sentinel": "sentinels", "cluster": "cluster_nodes"}.get(settings.mode, "host")
     logger.info(
-        "Redis client for %s (pool of %d, address from %s)",
+        "Redis client for %s (%s, pool of %d, address from %s)",
         settings.address,
+        settings.mode,
         settings.max_connections,
-        settings.source_of("unix_socket_path" if settings.unix_socket_path else "host"),
+        settings.source_of("unix_socket_path" if settings.unix_socket_path else address_field),
     )
     return client
 
 
-def diagnostics(client: redis.Redis) -> dict[str, Any]:
-    """What the client really uses: parser class of a pooled connection, library versions, pool settings, server.
+def diagnostics(client: RedisClient) -> dict[str, Any]:
+    """What the client really uses: mode and topology, parser class of a pooled connection, library versions, pool
+    settings, TLS, server version.
 
-    Sends INFO, then borrows one pooled connection (connected by then) to read its parser. Raises redis-py's
-    ``ConnectionError`` when the server cannot be reached. No credential is included.
+    Sends INFO, then borrows one pooled connection (connected by then) to read its parser; a Sentinel client also asks
+    the sentinels for the master, a cluster client reports the nodes it knows. Raises redis-py's ``ConnectionError``
+    when the server cannot be reached. No credential is included.
     """
+    if isinstance(client, RedisCluster):
+        nodes = client.get_nodes()  # type: ignore[no-untyped-call]
+        node = client.get_default_node().redis_connection  # type: ignore[no-untyped-call]
+        report = _node_report(node)
+        report["mode"] = "cluster"
+        report["topology"] = {"nodes": sorted(f"{n.host}:{n.port} {n.server_type}" for n in nodes)}
+        return report
+    report = _node_report(client)
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        host, port = pool.get_master_address()  # type: ignore[no-untyped-call]
+        report["mode"] = "sentinel"
+        report["topology"] = {
+            "service": pool.service_name,
+            "master": f"{host}:{port}",
+            "sentinels": [
+                f"{s.connection_pool.connection_kwargs.get('host')}:{s.connection_pool.connection_kwargs.get('port')}"
+                for s in pool.sentinel_manager.sentinels
+            ],
+        }
+        report["pool"]["address"] = f"{host}:{port}"
+    else:
+        report["mode"] = "standalone"
+        report["topology"] = {"address": report["pool"]["address"]}
+    return report
+
+
+def _node_report(client: redis.Redis) -> dict[str, Any]:
     pool = client.connection_pool
     # INFO first, on its own connection: holding one while asking for another could wait on a pool of one.
     server_version = client.info("server").get("redis_version")
@@ -120,9 +260,11 @@ def diagnostics(client: redis.Redis) -> dict[str, Any]:
     except ImportError:
         hiredis_version = None
     connection_kwargs = pool.connection_kwargs
+    tls = isinstance(connection, SSLConnection)
     return {
         "parser": f"{parser.__module__}.{parser.__qualname__}",
         "hiredis_parser": parser.__name__ == "_HiredisParser",
+        "tls": tls,
         "versions": {
             "redis-py": redis.__version__,
             "hiredis": hiredis_version,
@@ -145,6 +287,6 @@ def diagnostics(client: redis.Redis) -> dict[str, Any]:
                 else f"{connection_kwargs.get('host')}:{connection_kwargs.get('port')}"
             ),
             "db": connection_kwargs.get("db"),
-            "tls": issubclass(pool.connection_class, SSLConnection),
+            "tls": tls,
         },
     }

@@ -4,7 +4,8 @@ Resolution, highest priority first, merged field by field:
 
 1. explicit keyword arguments (``None`` means "not given");
 2. a URL: the ``url=`` argument, else the ``REDIS_URL`` environment variable (``redis://``, ``rediss://``, ``unix://``,
-   with query parameters named like the settings);
+   ``redis+sentinel://`` and ``redis+cluster://`` (``rediss+...`` for TLS), with query parameters named like the
+   settings);
 3. a configuration manager: any object with ``get_redis_settings() -> Mapping[str, object]`` (:class:`ConfigManager`);
 4. individual environment variables, ``REDIS_<SETTING>`` (``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_PASSWORD`` ...);
 5. the defaults below.
@@ -34,6 +35,7 @@ _MASK = "***"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _CERT_REQS = frozenset({"required", "optional", "none"})
+MODES = ("standalone", "sentinel", "cluster")
 _ADDRESS_FIELDS = ("host", "unix_socket_path")
 _SETTING_LIKE = re.compile(r"[a-z_]{1,40}")
 
@@ -102,6 +104,33 @@ def _as_bool(value: object) -> bool:
     raise ValueError("must be one of true/false, yes/no, on/off, 1/0")
 
 
+def _as_nodes(value: object) -> tuple[tuple[str, int], ...]:
+    """``"host:port,host:port"`` (or a sequence of ``"host:port"`` / ``(host, port)``) as a tuple of pairs."""
+    if isinstance(value, str):
+        items: list[object] = [item for item in (part.strip() for part in value.split(",")) if item]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise TypeError('must be "host:port,host:port" or a sequence of (host, port)')
+    if not items:
+        raise ValueError("must name at least one host:port")
+    nodes = []
+    for item in items:
+        if isinstance(item, str):
+            host, colon, port = item.rpartition(":")
+            if not colon or not host:
+                raise ValueError("needs host:port entries")  # the text is not quoted: in a URL it may be a password
+            item = (host[1:-1] if host.startswith("[") and host.endswith("]") else host, port)
+        if not (isinstance(item, (list, tuple)) and len(item) == 2):
+            raise TypeError('must be "host:port,host:port" or a sequence of (host, port)')
+        host, port = item
+        try:
+            nodes.append((_as_str(host), _as_int(port)))
+        except (TypeError, ValueError):
+            raise ValueError("needs host:port entries with numeric ports") from None
+    return tuple(nodes)
+
+
 # --- range checks, run by attrs on every construction --------------------------------------------------------------
 
 
@@ -125,6 +154,30 @@ _positive = _check(lambda v: v > 0, "must be greater than 0")
 _at_least_one = _check(lambda v: v >= 1, "must be at least 1")
 _no_spaces = _check(lambda v: bool(v) and not any(c.isspace() for c in v), "must be non-empty, without spaces")
 _cert_reqs = _check(lambda v: v in _CERT_REQS, "must be one of: required, optional, none")
+_mode = _check(lambda v: v in MODES, "must be one of: " + ", ".join(MODES))
+
+
+def _valid_node(node: object) -> bool:
+    if not (isinstance(node, tuple) and len(node) == 2):
+        return False
+    host, port = node
+    return (
+        isinstance(host, str)
+        and bool(host)
+        and not any(c.isspace() or c in "/@?#," for c in host)
+        and type(port) is int
+        and 1 <= port <= 65535
+    )
+
+
+_nodes = _check(
+    lambda v: bool(v) and all(_valid_node(node) for node in v),
+    "must list bare host:port pairs (hosts without URL parts, ports 1-65535)",
+)
+_name = _check(
+    lambda v: bool(v) and not any(c.isspace() or c in "/@:?#," for c in v),
+    "must be a bare name (no spaces, '/', '@', ':', '?', '#' or ',')",
+)
 
 
 _TYPES: dict[Callable[[object], Any], tuple[type, ...]] = {
@@ -133,6 +186,7 @@ _TYPES: dict[Callable[[object], Any], tuple[type, ...]] = {
     _as_int: (int,),
     _as_float: (int, float),
     _as_bool: (bool,),
+    _as_nodes: (tuple,),
 }
 
 
@@ -200,18 +254,63 @@ class RedisSettings:
     retry_attempts: int = _setting(1, _as_int, _non_negative)
     retry_backoff_base: float = _setting(0.05, _as_float, _non_negative)
     retry_backoff_cap: float = _setting(1.0, _as_float, _non_negative)
+    #: standalone (one server at host:port or unix_socket_path), sentinel (the master Sentinel names), or cluster.
+    mode: str = _setting("standalone", _as_lower, _mode)
+    #: Sentinel mode: the sentinels to ask, ``"host:port,host:port"`` in a URL or variable (REDIS_SENTINELS).
+    sentinels: tuple[tuple[str, int], ...] | None = _setting(None, _as_nodes, _nodes)
+    #: Sentinel mode: the monitored master's name (``sentinel monitor <name> ...``).
+    sentinel_master: str | None = _setting(None, _as_str, _name)
+    #: Credentials for the sentinels themselves (their requirepass / ACL), when they differ from none.
+    sentinel_username: str | None = _setting(None, _as_str)
+    sentinel_password: str | None = _setting(None, _as_str, secret=True)
+    #: Cluster mode: nodes to discover the cluster from (any reachable one will do); default ``host:port``.
+    cluster_nodes: tuple[tuple[str, int], ...] | None = _setting(None, _as_nodes, _nodes)
     #: Which source supplied each field ("default", "argument", "REDIS_URL", ...); not part of equality.
     sources: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.ssl and self.unix_socket_path is not None:
             raise ConfigurationError("ssl cannot be used with unix_socket_path", key="ssl")
+        if self.mode != "sentinel":
+            for name in ("sentinels", "sentinel_master"):
+                if getattr(self, name) is not None:
+                    raise ConfigurationError(f"{name} is set but mode is {self.mode!r}; set mode=sentinel", key=name)
+        if self.mode != "cluster" and self.cluster_nodes is not None:
+            raise ConfigurationError(
+                f"cluster_nodes is set but mode is {self.mode!r}; set mode=cluster", key="cluster_nodes"
+            )
+        if self.mode == "sentinel":
+            for name in ("sentinels", "sentinel_master"):
+                if getattr(self, name) is None:
+                    mode_from = self.source_of("mode")
+                    raise ConfigurationError(f"mode sentinel (from {mode_from}) needs {name}", key=name)
+        if self.mode != "standalone" and self.unix_socket_path is not None:
+            raise ConfigurationError(f"mode {self.mode} cannot use unix_socket_path", key="unix_socket_path")
+        if self.mode == "cluster" and self.db != 0:
+            raise ConfigurationError("mode cluster has only database 0", key="db")
+
+    @property
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        """The addresses the client is given: the sentinels, the cluster's seed nodes, or the one server."""
+        if self.mode == "sentinel" and self.sentinels:
+            return self.sentinels
+        if self.mode == "cluster" and self.cluster_nodes:
+            return self.cluster_nodes
+        return ((self.host, self.port),)
 
     @property
     def address(self) -> str:
-        """Where connections go, for messages: ``host:port/db`` or ``unix:path/db`` (never a credential)."""
-        where = f"unix:{self.unix_socket_path}" if self.unix_socket_path else f"{self.host}:{self.port}"
-        return f"{'rediss' if self.ssl else 'redis'}://{where}/{self.db}"
+        """Where connections go, for messages (never a credential): ``redis://host:port/db``, ``unix:path``,
+        ``redis+sentinel://s1:p1,s2:p2/master/db`` or ``redis+cluster://n1:p1,n2:p2``."""
+        scheme = "rediss" if self.ssl else "redis"
+        if self.unix_socket_path:
+            return f"{scheme}://unix:{self.unix_socket_path}/{self.db}"
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
+        if self.mode == "sentinel":
+            return f"{scheme}+sentinel://{hosts}/{self.sentinel_master}/{self.db}"
+        if self.mode == "cluster":
+            return f"{scheme}+cluster://{hosts}"
+        return f"{scheme}://{hosts}/{self.db}"
 
     def source_of(self, name: str) -> str:
         """The source that supplied field ``name``."""
@@ -233,8 +332,12 @@ _PARSE = {f.name: f.metadata["parse"] for f in _FIELDS}
 _SECRET = frozenset(f.name for f in _FIELDS if f.metadata["secret"])
 
 
+# Never quoted back: secrets, and node lists (a URL pasted into REDIS_SENTINELS would carry its password).
+_NO_ECHO = _SECRET | {"sentinels", "cluster_nodes"}
+
+
 def _describe(value: object, name: str, echo: bool) -> str:
-    return f" (got {value!r})" if echo and name not in _SECRET else ""
+    return f" (got {value!r})" if echo and name not in _NO_ECHO else ""
 
 
 def _parse_tier(
@@ -265,6 +368,9 @@ def _url_tier(url: str, label: str) -> dict[str, object]:
     def fail(problem: str, key: str | None = None) -> ConfigurationError:
         return ConfigurationError(f"{label}: {problem}", key=key, source=label)
 
+    scheme, plus, mode = url.strip().partition("://")[0].lower().partition("+")
+    if plus and scheme in ("redis", "rediss") and mode in ("sentinel", "cluster"):
+        return _multi_host_url(url.strip(), scheme == "rediss", mode, fail)
     try:
         parts = urlsplit(url.strip())
         hostname, port = parts.hostname, parts.port
@@ -272,7 +378,7 @@ def _url_tier(url: str, label: str) -> dict[str, object]:
         # Not urlsplit's message: with an unencoded '#', '/' or '@' in the password, the "port" it quotes is part of
         # the password.
         raise fail("malformed URL: bad host or port (percent-encode '@', ':', '/', '#' in credentials)") from None
-    raw: dict[str, object] = {}
+    raw: dict[str, object] = {"mode": "standalone"}  # the scheme says what the URL points at
     if parts.scheme in ("redis", "rediss"):
         if not hostname:
             raise fail("the URL has no host", "host")
@@ -283,23 +389,62 @@ def _url_tier(url: str, label: str) -> dict[str, object]:
         raw["unix_socket_path"] = unquote(parts.path)
     else:
         scheme = parts.scheme or "(none)"
-        raise fail(f"unknown URL scheme {scheme!r}; use redis://, rediss:// or unix://")
+        raise fail(
+            f"unknown URL scheme {scheme!r}; use redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+        )
     raw["username"] = unquote(parts.username) if parts.username else None
     raw["password"] = unquote(parts.password) if parts.password else None
     if parts.scheme != "unix" and parts.path.strip("/"):
         raw["db"] = parts.path.strip("/")
+    _add_query(raw, parts.query, fail)
+    return raw
+
+
+_IN_URL_ONLY_AS_ADDRESS = frozenset({"host", "port", "unix_socket_path", "sentinels", "cluster_nodes", "mode"})
+
+
+def _add_query(raw: dict[str, object], query_text: str, fail: Callable[..., ConfigurationError]) -> None:
     try:
-        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        query = parse_qsl(query_text, keep_blank_values=True, strict_parsing=bool(query_text))
     except ValueError:
         raise fail("malformed query string") from None
     for key, value in query:
-        if key not in _FIELD_NAMES or key in ("host", "port", "unix_socket_path"):
+        if key not in _FIELD_NAMES or key in _IN_URL_ONLY_AS_ADDRESS:
             # Named only when it looks like a setting name: an unencoded '?' in a password makes its tail a "key".
             shown = f" {key!r}" if _SETTING_LIKE.fullmatch(key) else ""
             raise fail(f"unknown or misplaced query parameter{shown}", key if shown else None)
         if key != "ssl" and raw.get(key) is not None:  # an explicit ?ssl= may restate or override the scheme's
             raise fail(f"{key} is given twice", key)
         raw[key] = value or None  # an empty value (?password=) is not given
+
+
+def _multi_host_url(url: str, tls: bool, mode: str, fail: Callable[..., ConfigurationError]) -> dict[str, object]:
+    """``redis+sentinel://[user[:password]@]s1:p1,s2:p2/<master>[/<db>]`` or ``redis+cluster://[...@]n1:p1,n2:p2``
+    (``rediss+`` for TLS to the data nodes), split by hand: ``urlsplit`` cannot read a list of hosts."""
+    rest = url.partition("://")[2]
+    rest, _, query = rest.partition("?")
+    rest = rest.partition("#")[0]
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not hosts:
+        raise fail(
+            f"a {mode} URL needs host:port[,host:port...]", "sentinels" if mode == "sentinel" else "cluster_nodes"
+        )
+    raw: dict[str, object] = {"mode": mode, "ssl": tls}
+    raw["sentinels" if mode == "sentinel" else "cluster_nodes"] = unquote(hosts)
+    if at:
+        username, colon, password = userinfo.partition(":")
+        raw["username"] = unquote(username) if username else None
+        raw["password"] = unquote(password) if colon and password else None
+    segments = [unquote(segment) for segment in path.split("/") if segment] if slash else []
+    if mode == "sentinel":
+        if not segments or len(segments) > 2:
+            raise fail("a sentinel URL needs /<master name>[/<db>] after the hosts", "sentinel_master")
+        raw["sentinel_master"] = segments[0]
+        raw["db"] = segments[1] if len(segments) == 2 else None
+    elif segments:
+        raise fail("a cluster URL takes no path (a cluster has only database 0)", "db")
+    _add_query(raw, query, fail)
     return raw
 
 

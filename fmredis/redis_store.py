@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import redis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError, WatchError
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AuthenticationError,
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+    WatchError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError
 
-from fmredis.client import create_redis_client
+from fmredis.client import RedisClient, create_redis_client
 from fmredis.counters import CONFLICTS, CORRUPTIONS, DELETED_FOR_USER, HITS, MISSES, OPS, StoreCounters
 from fmredis.errors import SessionNotFound, StoreError, StoreUnavailable, UpdateConflict
 from fmredis.lifecycle import (
@@ -41,12 +53,42 @@ __all__ = ["RedisSessionStore"]
 T = TypeVar("T")
 
 
-def _failure(command: str, exc: RedisError) -> StoreError:
+#: What redis-py raises: its RedisError tree, and a cluster client's RedisClusterException tree (not a RedisError).
+REDIS_ERRORS = (RedisError, RedisClusterException)
+_MAX_DETAIL = 400
+# A cluster that is failing over a master, or cannot reach any node: an outage the wrappers may wait out.
+_CLUSTER_OUTAGES = (ClusterDownError, TryAgainError, SlotNotCoveredError)
+
+
+def _failure(command: str, exc: Exception) -> StoreError:
     """The fmredis error for a redis-py failure; a server error shows only its type and code (its text may echo
     data)."""
-    # A refused login is a configuration problem, not an outage: no wrapper should retry it or fall back on it.
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) and not isinstance(exc, AuthenticationError):
+    # A refused login or an untrusted TLS certificate is a configuration problem, not an outage: no wrapper should
+    # retry it or fall back on it.
+    reason = exc.__cause__ or exc.__context__
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return StoreError(
+            f"Redis {command} failed: the server's TLS certificate was not accepted ({reason.verify_message}); "
+            "check ssl_ca_certs and ssl_cert_reqs"
+        )
+    if isinstance(reason, ssl.SSLError) and reason.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
+        return StoreError(
+            f"Redis {command} failed: the server requires a TLS client certificate; check ssl_certfile and ssl_keyfile"
+        )
+    if isinstance(exc, MasterNotFoundError) and "AuthenticationError" in str(exc):
+        return StoreError(
+            f"Redis {command} failed: AuthenticationError: the sentinels refused the login; "
+            "check sentinel_username and sentinel_password"
+        )
+    if isinstance(exc, _CLUSTER_OUTAGES) or (type(exc) is RedisClusterException and "cannot be connected" in str(exc)):
         return StoreUnavailable(f"Redis {command} failed: {type(exc).__name__}: {exc}")
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) and not isinstance(exc, AuthenticationError):
+        # Under TLS 1.3 a server that refuses a client without a certificate often just ends the connection.
+        hint = "; if the server requires client certificates, check ssl_certfile" if _ssl_eof(exc) else ""
+        text = str(exc)
+        if len(text) > _MAX_DETAIL:  # a failed Sentinel lookup lists every sentinel's error, redis-py reprs included
+            text = text[:_MAX_DETAIL] + "..."
+        return StoreUnavailable(f"Redis {command} failed: {type(exc).__name__}: {text}{hint}")
     code = str(exc).split(" ", 1)[0]
     detail = f" {code}" if isinstance(exc, ResponseError) and code.isupper() else ""
     return StoreError(f"Redis {command} failed: {type(exc).__name__}{detail}")
@@ -57,6 +99,10 @@ def _outcome_unknown(command: str, exc: WatchError) -> StoreError:
     if lost_connection(exc):
         return StoreUnavailable(f"Redis {command} failed, outcome unknown: {exc.__context__}")
     return StoreError(f"Redis {command} failed: {type(exc).__name__}")
+
+
+def _ssl_eof(exc: BaseException) -> bool:
+    return isinstance(exc.__cause__ or exc.__context__, ssl.SSLEOFError) or "EOF occurred in violation" in str(exc)
 
 
 def _is_wrong_type(exc: ResponseError) -> bool:
@@ -88,7 +134,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
 
     def __init__(
         self,
-        client: redis.Redis | None = None,
+        client: RedisClient | None = None,
         *,
         prefix: str = "session:",
         default_ttl: int = 1800,
@@ -120,12 +166,15 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         self._max_per_user = max_sessions_per_user
         self._counters = counted = StoreCounters(enabled=counters)
         self._op, self._hit, self._miss = counted.tick[OPS], counted.tick[HITS], counted.tick[MISSES]
+        # A cluster client splits multi-key commands by slot only through its typed methods (mget_nonatomic, unlink).
+        self._cluster = isinstance(self._client, RedisCluster)
         self._index = RedisUserIndex(
             self._client,
             index_prefix="user-sessions:" + prefix,
             session_prefix=prefix,
             max_lifetime=max_lifetime,
             max_ttl=max_ttl,
+            cluster=self._cluster,
         )
 
     def __repr__(self) -> str:
@@ -134,7 +183,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         )
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> RedisClient:
         """The redis-py client this store sends its commands through."""
         return self._client
 
@@ -147,7 +196,8 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         owner). Commands other threads are running finish; their connections close when garbage collected."""
         if self._owns_client:
             self._client.close()
-            self._client.connection_pool.disconnect(inuse_connections=False)
+            if isinstance(self._client, redis.Redis):  # a cluster client's close() disconnects its node pools
+                self._client.connection_pool.disconnect(inuse_connections=False)
 
     def stats(self) -> dict[str, int]:
         return self._counters.snapshot()
@@ -170,7 +220,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
                 raise _failure(command, exc) from exc
             self._corrupt(key, "not a string key")
             return None
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _failure(command, exc) from exc
 
     def _decode(self, key: str, payload: bytes | None) -> dict[str, Any] | None:
@@ -197,7 +247,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
                 self._corrupt(key, "not a string key")
                 return None
             raise _failure("GET", exc) from exc
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _failure("GET", exc) from exc
         if payload is None:
             self._op()
@@ -224,7 +274,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
                 self._execute("SET", full_key, payload, "EX", seconds)
             else:
                 self._execute("UNLINK", full_key)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _failure("SET", exc) from exc
         self._op()
         if not seconds:
@@ -234,7 +284,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         full_key = self._prefix + check_key(key)
         try:
             removed = bool(self._execute("UNLINK", full_key))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _failure("UNLINK", exc) from exc
         self._op()
         return removed
@@ -243,7 +293,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         full_key = self._prefix + check_key(key)
         try:
             found = bool(self._execute("EXISTS", full_key))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _failure("EXISTS", exc) from exc
         self._op()
         return found
@@ -257,7 +307,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         full_key = self._prefix + check_key(key)
         try:
             seconds = int(self._execute("TTL", full_key))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _failure("TTL", exc) from exc
         self._op()
         return None if seconds == -2 else seconds
@@ -269,8 +319,11 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
             return {}
         prefix = self._prefix
         try:
-            payloads = self._execute("MGET", *[prefix + key for key in checked])
-        except RedisError as exc:
+            if isinstance(self._client, RedisCluster):  # one MGET per slot, pipelined
+                payloads = self._client.mget_nonatomic([prefix + key for key in checked])
+            else:
+                payloads = self._execute("MGET", *[prefix + key for key in checked])
+        except REDIS_ERRORS as exc:
             raise _failure("MGET", exc) from exc
         found: dict[str, dict[str, Any]] = {}
         for key, payload in zip(checked, payloads, strict=True):
@@ -294,8 +347,10 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         removed = 0
         for start in range(0, len(full_keys), self._batch_size):
             try:
-                removed += int(self._execute("UNLINK", *full_keys[start : start + self._batch_size]))
-            except RedisError as exc:
+                batch = full_keys[start : start + self._batch_size]
+                # A cluster client's unlink() sends one UNLINK per slot; a plain UNLINK of keys in several slots fails.
+                removed += int(self._client.unlink(*batch) if self._cluster else self._execute("UNLINK", *batch))
+            except REDIS_ERRORS as exc:
                 raise _failure("UNLINK", exc) from exc
         self._op()
         return removed
@@ -325,7 +380,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
                 self._execute("EXPIRE", full_key, int(left))
                 return session
             self._execute("UNLINK", full_key)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _failure("EXPIRE", exc) from exc
         lifetime_reached(key)
         return None
@@ -373,7 +428,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
                 if number + 1 < self._update_attempts:
                     conflict_pause(number)
                 continue
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise _failure(what, exc) from exc
             self._op()
             self._hit()
@@ -405,7 +460,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         created = session["created_at"].timestamp()
         try:
             for _attempt in range(3):  # a collision of 256-bit random ids does not happen; NX proves it each time
-                session_id = new_session_id()
+                session_id = self._index.session_id_for(user_id, new_session_id())
                 with self._transaction() as pipe:
                     # Watched only so that a connection lost around the EXEC surfaces (as a WatchError) instead of
                     # redis-py re-sending the whole MULTI, whose SET NX would then fail against its own first write.
@@ -424,7 +479,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
             evicted = self._index.trim(user_id, cap) if cap is not None and count > cap else []
         except WatchError as exc:
             raise _outcome_unknown("create", exc) from exc
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _failure("create", exc) from exc
         self._op()
         report_created(self._counters, session_id, user_id, seconds, len(evicted), cap)
@@ -438,21 +493,29 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         def attempt(pipe: Any) -> tuple[str, str | None, int, bool]:
             session = self._watched_session(pipe, old_key, session_id)
             session["last_activity"] = now = utc_now()
-            seconds, new_id = self._write_ttl(None, session), new_session_id()
+            seconds = self._write_ttl(None, session)
+            new_id = self._index.session_id_beside(old_key, new_session_id())
             owner = session.get("user_id")
             user_id = owner if isinstance(owner, str) and owner else None
+            created = (parse_utc(session.get("created_at")) or now).timestamp()
+            # One MULTI moves session and index entry, unless (in a cluster) the index is in another slot: a session
+            # made by create() never is; one written with set() may be, and its index is then moved after the EXEC.
+            atomic_index = user_id is not None and self._index.same_slot(new_id, user_id)
             pipe.multi()
             if seconds:
                 pipe.execute_command("SET", self._prefix + new_id, encode_session(session), "EX", seconds, "NX")
             pipe.execute_command("UNLINK", old_key)
-            if user_id is not None:
+            if user_id is not None and atomic_index:
                 if seconds:
-                    created = parse_utc(session.get("created_at")) or now
-                    self._index.queue_add(pipe, user_id, new_id, created.timestamp())
+                    self._index.queue_add(pipe, user_id, new_id, created)
                 pipe.execute_command("ZREM", self._index.key(user_id), session_id)
             replies = pipe.execute()
             written = bool(seconds) and bool(replies[0])
-            if seconds and not written and user_id is not None:  # 256 random bits collided: unlist the other session
+            if user_id is not None and not atomic_index:
+                if written:
+                    self._index.add(user_id, new_id, created)
+                self._index.remove(user_id, [session_id])
+            elif seconds and not written and user_id is not None:  # 256 random bits collided: unlist the other one
                 self._index.remove(user_id, [new_id])
             return new_id, user_id, seconds, written
 
@@ -469,7 +532,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         user_id = check_user_id(user_id)
         try:
             live = self._index.live(user_id)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _failure("sessions_for_user", exc) from exc
         self._op()
         return [session_id for session_id, _created in live]
@@ -480,7 +543,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
             removed = self._index.unlink_all(user_id, self._update_attempts, conflict_pause)
         except WatchError as exc:
             raise _outcome_unknown("delete_user_sessions", exc) from exc
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _failure("delete_user_sessions", exc) from exc
         self._op()
         self._counters.add(DELETED_FOR_USER, removed)

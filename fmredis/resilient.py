@@ -111,7 +111,12 @@ class ResilientRedisSessionStore(ISessionStore):
             if current != generation:
                 return
             failures = self._consecutive_failures
-            self._current = (self._factory(), generation + 1)  # complete before it is published
+            try:
+                replacement = self._factory()
+            except StoreError as exc:  # e.g. a cluster client finds no node: keep the old store, try again later
+                logger.warning("Could not rebuild the Redis client (%s); keeping the current one", exc)
+                return
+            self._current = (replacement, generation + 1)  # complete before it is published
             # Counters must not go back to zero on a rebuild: fold the old store's into the totals, and drop it (with
             # its client and pool) once closed below. Calls still running on it may count after this: not included.
             _add(self._retired_totals, old.stats())

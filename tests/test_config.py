@@ -101,16 +101,16 @@ class TestSingleTier:
     def test_url_argument(self) -> None:
         s = resolve_settings(environ={}, url="redis://from-url:6390/4")
         assert (s.host, s.port, s.db) == ("from-url", 6390, 4)
-        for name in ("host", "port", "db", "ssl"):
+        for name in ("host", "port", "db", "ssl", "mode"):  # the scheme says standalone
             assert s.source_of(name) == "argument url"
-        assert_rest_default(s, except_={"host", "port", "db", "ssl", "unix_socket_path"})
+        assert_rest_default(s, except_={"host", "port", "db", "ssl", "unix_socket_path", "mode"})
 
     def test_redis_url_environment_variable(self) -> None:
         s = resolve_settings(environ={"REDIS_URL": "redis://from-env-url:6391/5"})
         assert (s.host, s.port, s.db) == ("from-env-url", 6391, 5)
-        for name in ("host", "port", "db", "ssl"):
+        for name in ("host", "port", "db", "ssl", "mode"):  # the scheme says standalone
             assert s.source_of(name) == "REDIS_URL"
-        assert_rest_default(s, except_={"host", "port", "db", "ssl", "unix_socket_path"})
+        assert_rest_default(s, except_={"host", "port", "db", "ssl", "unix_socket_path", "mode"})
 
     def test_config_manager(self) -> None:
         manager = FakeManager({"port": 6392})
@@ -176,7 +176,7 @@ class TestMerge:
         assert (s.password, s.source_of("password")) == ("env-pw", "environment variable REDIS_PASSWORD")
         assert (s.ssl, s.source_of("ssl")) == (False, "REDIS_URL")
         assert s.unix_socket_path is None
-        assert_rest_default(s, except_={"host", "port", "db", "password", "ssl", "unix_socket_path"})
+        assert_rest_default(s, except_={"host", "port", "db", "password", "ssl", "unix_socket_path", "mode"})
 
     def test_explicit_host_beats_url_host_but_url_port_and_db_still_apply(self) -> None:
         s = resolve_settings(environ={"REDIS_URL": "redis://url-host:6390/3"}, host="mine")

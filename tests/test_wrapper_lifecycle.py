@@ -533,3 +533,27 @@ def test_stats_never_go_back_while_stores_are_replaced_under_load() -> None:
     assert store.stats()["ops"] > 30
     gc.collect()
     assert [ref() is None for ref in built] == [True] * 30 + [False]
+
+
+def test_a_rebuild_whose_factory_fails_keeps_the_current_store(caplog: pytest.LogCaptureFixture) -> None:
+    """A factory that cannot build a client (a cluster client finds no node) must not break the call that triggered
+    the rebuild: the current store stays, the failure is logged, and a later rebuild may succeed."""
+    first = Fake()
+    outcomes: list[ISessionStore | Exception] = [first, StoreUnavailable("no node answers"), Fake()]
+
+    def factory() -> ISessionStore:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    store = resilient(factory, attempts=2, rebuild_after=1)
+    first.down = True
+    with caplog.at_level(logging.WARNING, logger="fmredis"), pytest.raises(StoreUnavailable):
+        store.get("k")
+    # The first failure's rebuild failed (the store was kept), the second failure's rebuild worked.
+    assert store.store is not first and store.rebuilds == 1
+    assert any("Could not rebuild the Redis client" in r.getMessage() for r in caplog.records)
+    assert outcomes == []
+    store.set("k", {"v": 1})  # the replacement works
+    assert store.get("k") is not None
