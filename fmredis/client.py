@@ -16,7 +16,7 @@ from redis.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
-from redis.exceptions import RedisClusterException
+from redis.exceptions import MaxConnectionsError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 
@@ -98,6 +98,35 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     resolution order puts the Sentinel logic first and the blocking queue under it; both call ``super()``.
     """
 
+    def release(self, connection: Any) -> None:
+        # BlockingConnectionPool.release drops a connection the pool does not own (one to a demoted master, or one
+        # that never found a master) without forgetting it: it would stay in _connections for good, one per failed
+        # call during an outage.
+        if connection.pid == self.pid and not self.owns_connection(connection):  # type: ignore[no-untyped-call]
+            with self._lock:
+                if connection in self._connections:
+                    self._connections.remove(connection)
+        super().release(connection)  # type: ignore[no-untyped-call]
+
+
+class BlockingClusterNodePool(BlockingConnectionPool):
+    """A cluster node's blocking pool that reports a full pool the way RedisCluster recognises it.
+
+    ``BlockingConnectionPool`` raises a plain ``ConnectionError("No connection available.")`` after ``timeout``;
+    RedisCluster takes any ConnectionError for a dead node (it drops the node's connections, re-reads the topology and
+    retries), and handles only ``MaxConnectionsError`` as "too busy".
+    """
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.ConnectionError as exc:
+            if str(exc) != "No connection available.":
+                raise
+            raise MaxConnectionsError(
+                f"no connection free within {self.timeout} s (pool of {self.max_connections})"
+            ) from exc
+
 
 class _FollowingConnection(SentinelManagedConnection):
     """A Sentinel connection that asks for the master on every (re)connect.
@@ -143,7 +172,9 @@ def _sentinel_client(settings: RedisSettings) -> redis.Redis:
 
 def _cluster_client(settings: RedisSettings) -> RedisCluster:
     kwargs = _connection_kwargs(settings)
-    kwargs.pop("retry")  # the cluster client retries itself, re-reading the topology; node clients do not retry
+    # The cluster client retries (re-reading the topology between attempts) with this; its node clients do not retry.
+    # Without it redis-py's default of 10 retries would hold a call on a frozen node for 11 socket timeouts.
+    retry = kwargs.pop("retry")
     (host, port), *others = settings.nodes
     # The first node goes in as a URL on purpose: only on that path does RedisCluster build its node pools with
     # connection_pool_class (redis-py 8.1), and a BlockingConnectionPool makes threads beyond max_connections wait
@@ -153,9 +184,10 @@ def _cluster_client(settings: RedisSettings) -> RedisCluster:
         return RedisCluster(
             url=seed,
             startup_nodes=[ClusterNode(h, p) for h, p in others],  # type: ignore[no-untyped-call]
-            connection_pool_class=BlockingConnectionPool,
+            connection_pool_class=BlockingClusterNodePool,
             max_connections=settings.max_connections,
             timeout=settings.pool_timeout,
+            retry=retry,
             **kwargs,
         )
     except (RedisClusterException, redis.RedisError) as exc:

@@ -80,7 +80,7 @@ def _failure(command: str, exc: Exception) -> StoreError:
             f"Redis {command} failed: AuthenticationError: the sentinels refused the login; "
             "check sentinel_username and sentinel_password"
         )
-    if isinstance(exc, _CLUSTER_OUTAGES) or (type(exc) is RedisClusterException and "cannot be connected" in str(exc)):
+    if isinstance(exc, _CLUSTER_OUTAGES) or _cluster_unreachable(exc, reason):
         return StoreUnavailable(f"Redis {command} failed: {type(exc).__name__}: {exc}")
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) and not isinstance(exc, AuthenticationError):
         # Under TLS 1.3 a server that refuses a client without a certificate often just ends the connection.
@@ -99,6 +99,19 @@ def _outcome_unknown(command: str, exc: WatchError) -> StoreError:
     if lost_connection(exc):
         return StoreUnavailable(f"Redis {command} failed, outcome unknown: {exc.__context__}")
     return StoreError(f"Redis {command} failed: {type(exc).__name__}")
+
+
+def _cluster_unreachable(exc: Exception, reason: BaseException | None) -> bool:
+    """A cluster client that cannot reach its nodes, or re-read the topology after a connection error (as during a
+    failover), raises a bare RedisClusterException: an outage, not a bad request."""
+    if type(exc) is not RedisClusterException:
+        return False
+    text = str(exc)
+    return (
+        isinstance(reason, (RedisConnectionError, RedisTimeoutError))
+        or "cannot be connected" in text
+        or "slots" in text
+    )
 
 
 def _ssl_eof(exc: BaseException) -> bool:

@@ -175,3 +175,18 @@ def test_diagnostics_works_on_a_pool_of_one(redis_url: str) -> None:
     client = create_redis_client(url=redis_url, max_connections=1, pool_timeout=1, environ={})
     assert diagnostics(client)["hiredis_parser"] is True
     client.close()
+
+
+def test_the_sentinel_pool_forgets_a_connection_it_does_not_own() -> None:
+    """BlockingConnectionPool.release drops a connection to a non-master (demoted, or never resolved) without removing
+    it from the pool's list: one leaked object per failed call during a Sentinel outage. fmredis's pool removes it."""
+    client = create_redis_client(mode="sentinel", sentinels=[("127.0.0.1", 1)], sentinel_master="m", environ={})
+    pool = client.connection_pool
+    for _ in range(5):
+        pool.pool.get_nowait()  # take a slot, as get_connection does
+        connection = pool.make_connection()  # not connected: its host is not the (unknown) master's
+        assert connection in pool._connections
+        pool.release(connection)
+        assert connection not in pool._connections
+    assert pool._connections == []
+    assert pool.pool.qsize() == pool.max_connections  # every slot is back

@@ -27,6 +27,7 @@ import pytest
 import redis
 from faults import LOOPBACK
 from redis.cluster import RedisCluster
+from redis.connection import BlockingConnectionPool
 from redis.exceptions import ClusterCrossSlotError, ClusterDownError, RedisClusterException
 from topology import Address, NotReady, RedisCluster3, free_ports, make_client, wait_until
 
@@ -345,7 +346,7 @@ def test_diagnostics_reports_cluster_mode_and_the_three_nodes(
     report = diagnostics(cluster_client)
     assert report["mode"] == "cluster"
     assert report["topology"] == {"nodes": sorted(f"{host}:{port} primary" for host, port in cluster_nodes)}
-    assert report["pool"]["class"] == "BlockingConnectionPool"
+    assert report["pool"]["class"] == "BlockingClusterNodePool"  # a BlockingConnectionPool (see fmredis.client)
     assert report["pool"]["address"] in {f"{host}:{port}" for host, port in cluster_nodes}
     assert report["versions"]["redis-server"]
 
@@ -408,7 +409,7 @@ def test_node_pools_of_two_make_12_threads_wait_instead_of_failing(cluster_nodes
     assert all(1 <= seen <= 2 for seen in peak.values()), peak
     assert len(pools) == 3
     for pool in pools:
-        assert type(pool).__name__ == "BlockingConnectionPool"
+        assert isinstance(pool, BlockingConnectionPool)
         assert pool.max_connections == 2
         assert len(pool._connections) <= 2  # never made more than it may
 

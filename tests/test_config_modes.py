@@ -940,6 +940,7 @@ class TestModeDispatch:
         assert isinstance(create_redis_client(s), Recorder)
         assert seen["url"] == "rediss://[::1]:7000"
         assert [(n.host, n.port) for n in seen["startup_nodes"]] == [("n2", 7001)]
-        assert seen["connection_pool_class"] is BlockingConnectionPool
+        assert issubclass(seen["connection_pool_class"], BlockingConnectionPool)
+        assert seen["retry"].get_retries() == 1  # fmredis's retry_attempts, not redis-py's default of 10
         assert (seen["max_connections"], seen["timeout"]) == (5, 1.5)
         assert "db" not in seen
