@@ -342,9 +342,11 @@ def test_killing_the_master_elects_a_new_one(
         _close_sentinel(sentinel)
 
     started = time.monotonic()
-    assert secured_setup.restart_killed_master() == new
+    # Healthy again: one master and one replica among the two data nodes. Which is which is the sentinels' call: on a
+    # loaded machine they have been seen to fail over once more while the old master rejoined.
+    master = secured_setup.restart_killed_master()
     print(f"killed master back as a replica, setup healthy after {time.monotonic() - started:.2f} s")
-    assert secured_setup.replica_address() == old
+    assert {master, secured_setup.replica_address()} == {old, new}
 
     pids = secured_setup.pids
     assert len(pids) >= 6  # 2 data nodes + 3 sentinels + the restarted old master (+ any start retries)
