@@ -86,9 +86,9 @@ def lifetime_reached(session_id: str) -> SessionNotFound:
 
 
 def conflict_pause(attempt: int) -> None:
-    """Wait before retrying a write that lost a race: full jitter, 1 ms doubling per attempt, at most 50 ms, so
+    """Wait before retrying a write that lost a race: full jitter, 1 ms doubling per attempt, at most 100 ms, so
     updaters that keep colliding (a slow ``fn``) spread out instead of retrying in lockstep."""
-    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+    time.sleep(random.uniform(0, min(0.1, 0.001 * 2**attempt)))
 
 
 def report_created(

@@ -86,7 +86,7 @@ class InMemorySessionStore(TTLDefaults, ISessionStore):
         ttl_policy: SessionTTLManager | None = None,
         max_lifetime: int = 86_400,
         max_sessions_per_user: int | None = None,
-        update_attempts: int = 32,
+        update_attempts: int = 64,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         on_evict: Callable[[str], None] | None = None,

@@ -155,7 +155,7 @@ class RedisSessionStore(TTLDefaults, ISessionStore):
         ttl_policy: SessionTTLManager | None = None,
         max_lifetime: int = 86_400,
         max_sessions_per_user: int | None = None,
-        update_attempts: int = 32,
+        update_attempts: int = 64,
         batch_size: int = 1000,
         counters: bool = True,
         owns_client: bool | None = None,
