@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the topology harness the tests use
+from outage import percentiles  # the same caller-wait summary as the outage figures
 from topology import SentinelSetup, WriteLoad, unreadable
 
 from fmredis import RedisSessionStore, ResilientRedisSessionStore, create_redis_client, diagnostics
@@ -36,14 +37,6 @@ from fmredis import RedisSessionStore, ResilientRedisSessionStore, create_redis_
 RESULTS = Path(__file__).resolve().parent / "results"
 FAULTS = ("sentinel_failover", "sigkill_master")
 STORES = ("resilient", "bare")
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    if not samples:
-        return {"count": 0}
-    ordered = sorted(samples)
-    pick = lambda q: round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)  # noqa: E731
-    return {"count": len(ordered), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(1000 * ordered[-1], 2)}
 
 
 def run(setup: SentinelSetup, fault: str, wrapper: str, args: argparse.Namespace) -> dict[str, Any]:
