@@ -32,9 +32,9 @@ test: redis-server $(BIN)/activate
 # Tables on the terminal; JSON, the chart and the log under benchmarks/results/. REDIS_URL: use that server instead.
 bench: redis-server $(BIN)/activate
 	mkdir -p $(RESULTS)
-	$(BIN)/python benchmarks/paced.py --out $(RESULTS)
-	$(BIN)/python benchmarks/outage.py --out $(RESULTS)
-	$(BIN)/python benchmarks/counters.py --out $(RESULTS)
-	$(BIN)/python benchmarks/failover.py --out $(RESULTS)
+	$(BIN)/python -m benchmarks.paced --out $(RESULTS)
+	$(BIN)/python -m benchmarks.outage --out $(RESULTS)
+	$(BIN)/python -m benchmarks.counters --out $(RESULTS)
+	$(BIN)/python -m benchmarks.failover --out $(RESULTS)
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only --benchmark-columns=min,median,iqr,ops,rounds \
 	  --benchmark-json=$(RESULTS)/benchmarks.json

@@ -22,8 +22,8 @@ from typing import Any, cast
 
 import orjson
 import redis
-from sessions import SEED_SESSION
 
+from benchmarks.sessions import SEED_SESSION
 from fmredis import InMemorySessionStore, ISessionStore, RedisSessionStore
 
 RESULTS = Path(__file__).resolve().parent / "results"

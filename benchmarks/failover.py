@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the topology harness the tests use
-from outage import percentiles  # the same caller-wait summary as the outage figures
-from topology import SentinelSetup, WriteLoad, unreadable
-
+from benchmarks.outage import percentiles  # the same caller-wait summary as the outage figures
 from fmredis import RedisSessionStore, ResilientRedisSessionStore, create_redis_client, diagnostics
+from tests.harness.topology import SentinelSetup, WriteLoad, unreadable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAULTS = ("sentinel_failover", "sigkill_master")

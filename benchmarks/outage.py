@@ -16,16 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the fault harness the tests use
-from faults import RedisProcess
 
 from fmredis import (
     FallbackSessionStore,
@@ -34,6 +30,7 @@ from fmredis import (
     StoreUnavailable,
     create_redis_client,
 )
+from tests.harness.faults import RedisProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

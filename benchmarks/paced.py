@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 import redis
-from legacy_client import RedisClient, production_logging, request_scope
 
+from benchmarks.legacy_client import RedisClient, production_logging, request_scope
 from fmredis import RedisSessionStore, create_redis_client, diagnostics
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -10,20 +10,16 @@ instead of one MGET.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from sessions import SEED_SESSION
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the topology harness the tests use
-from topology import RedisCluster3
-
+from benchmarks.sessions import SEED_SESSION
 from fmredis import RedisSessionStore, create_redis_client
 from fmredis.client import RedisClient
+from tests.harness.topology import RedisCluster3
 
 KEY = "user_123_abc"
 TTL = 1800

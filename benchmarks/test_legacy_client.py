@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from legacy_client import CircuitBreaker, CircuitOpenError, RedisClient, production_logging, request_scope
-from paced import PATHS, format_table, run
+
+from benchmarks.legacy_client import CircuitBreaker, CircuitOpenError, RedisClient, production_logging, request_scope
+from benchmarks.paced import PATHS, format_table, run
 
 ORDER = [
     "Service boundary inbound: Redis.redis_get",

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import counters
 import pytest
 import redis
-from sessions import SEED_SESSION
 
+from benchmarks import counters
+from benchmarks.sessions import SEED_SESSION
 from fmredis import RedisSessionStore
 
 KEY = "lifecycle"

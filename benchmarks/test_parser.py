@@ -9,8 +9,8 @@ import orjson
 import pytest
 import redis
 from redis._parsers import _HiredisParser, _RESP2Parser
-from sessions import SEED_SESSION
 
+from benchmarks.sessions import SEED_SESSION
 from fmredis import diagnostics
 
 SESSIONS = 1000

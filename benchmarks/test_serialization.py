@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
-from sessions import SEED_SESSION, conversation_context
+
+from benchmarks.sessions import SEED_SESSION, conversation_context
 
 DOCUMENTS = {"seed-session": SEED_SESSION, "conversation-50KB": conversation_context()}
 

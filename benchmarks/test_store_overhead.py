@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from sessions import SEED_SESSION
 
+from benchmarks.sessions import SEED_SESSION
 from fmredis import RedisSessionStore
 
 SESSION = SEED_SESSION

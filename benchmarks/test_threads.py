@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from sessions import SEED_SESSION
 
+from benchmarks.sessions import SEED_SESSION
 from fmredis import RedisSessionStore, create_redis_client
 
 THREADS = 32

@@ -1,6 +1,7 @@
 """fmredis: a synchronous, thread-safe Redis session store with as little per-operation overhead as possible."""
 
 from fmredis.breaker import CircuitBreaker
+from fmredis.checks import MAX_KEY_LENGTH
 from fmredis.client import RedisClient, build_connection_pool, create_redis_client, diagnostics
 from fmredis.config import ConfigManager, RedisSettings, resolve_settings
 from fmredis.errors import (
@@ -9,6 +10,7 @@ from fmredis.errors import (
     InvalidKeyError,
     InvalidTTLError,
     SerializationError,
+    SessionExpired,
     SessionNotFound,
     StoreError,
     StoreUnavailable,
@@ -19,10 +21,11 @@ from fmredis.lifecycle import session_ref
 from fmredis.memory_store import InMemorySessionStore
 from fmredis.redis_store import RedisSessionStore
 from fmredis.resilient import ResilientRedisSessionStore
-from fmredis.store import MAX_KEY_LENGTH, ISessionStore
+from fmredis.store import ISessionStore
 from fmredis.ttl_policy import SessionTTLManager
+from fmredis.ttl_rules import TTLRules
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -40,10 +43,12 @@ __all__ = [
     "RedisSettings",
     "ResilientRedisSessionStore",
     "SerializationError",
+    "SessionExpired",
     "SessionNotFound",
     "SessionTTLManager",
     "StoreError",
     "StoreUnavailable",
+    "TTLRules",
     "UpdateConflict",
     "__version__",
     "build_connection_pool",

@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from fmredis.checks import check_count, check_seconds
+
 __all__ = ["CircuitBreaker"]
 
 logger = logging.getLogger(__name__)
@@ -31,12 +33,8 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         name: str = "redis",
     ) -> None:
-        if type(failure_threshold) is not int or failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be an int of at least 1 (got {failure_threshold!r})")
-        if not cooldown >= 0:
-            raise ValueError(f"cooldown must be a number of seconds >= 0 (got {cooldown!r})")
-        self.failure_threshold = failure_threshold
-        self.cooldown = cooldown
+        self.failure_threshold: int = check_count("failure_threshold", failure_threshold)  # type: ignore[assignment]
+        self.cooldown = check_seconds("cooldown", cooldown)
         self.name = name
         self._clock = clock
         self._lock = threading.Lock()

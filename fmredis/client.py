@@ -22,6 +22,7 @@ from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConn
 
 from fmredis.config import ConfigManager, RedisSettings, resolve_settings
 from fmredis.errors import StoreUnavailable
+from fmredis.redis_errors import redis_call
 
 __all__ = ["RedisClient", "build_connection_pool", "create_redis_client", "diagnostics"]
 
@@ -245,9 +246,15 @@ def diagnostics(client: RedisClient) -> dict[str, Any]:
     settings, TLS, server version.
 
     Sends INFO, then borrows one pooled connection (connected by then) to read its parser; a Sentinel client also asks
-    the sentinels for the master, a cluster client reports the nodes it knows. Raises redis-py's ``ConnectionError``
-    when the server cannot be reached. No credential is included.
+    the sentinels for the master, a cluster client reports the nodes it knows. Raises
+    :class:`~fmredis.errors.StoreUnavailable` when the server cannot be reached (and
+    :class:`~fmredis.errors.StoreError` when it refuses), like the stores. No credential is included.
     """
+    with redis_call("diagnostics"):
+        return _diagnostics(client)
+
+
+def _diagnostics(client: RedisClient) -> dict[str, Any]:
     if isinstance(client, RedisCluster):
         nodes = client.get_nodes()  # type: ignore[no-untyped-call]
         node = client.get_default_node().redis_connection  # type: ignore[no-untyped-call]

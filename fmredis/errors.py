@@ -2,7 +2,7 @@
 
 Every error derives from :class:`FmRedisError`; where a builtin says the same thing the error inherits it too, so
 ``except ValueError`` keeps working for callers who do not know fmredis. Messages name the offending key or setting and
-never contain a secret or a session payload.
+never contain a secret, a session id or a session payload.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidTTLError",
     "SerializationError",
+    "SessionExpired",
     "SessionNotFound",
     "StoreError",
     "StoreUnavailable",
@@ -50,7 +51,11 @@ class SerializationError(FmRedisError, TypeError):
 
 
 class StoreError(FmRedisError):
-    """The store's backend failed to carry out an operation (the backend's exception is the ``__cause__``)."""
+    """The store's backend failed to carry out an operation.
+
+    The message names the command and the server's reason (``WRONGTYPE``, ``OOM``, ``NOPERM`` ...). The ``__cause__``
+    is redis-py's exception, of the same class, with its message scrubbed of keys and payloads.
+    """
 
 
 class StoreUnavailable(StoreError, ConnectionError):
@@ -60,6 +65,15 @@ class StoreUnavailable(StoreError, ConnectionError):
 class SessionNotFound(FmRedisError, KeyError):
     """An operation that needs an existing session (``update``, ``regenerate``) found none under the key: it is
     missing, expired, or unreadable. Nothing was written."""
+
+    def __str__(self) -> str:
+        # KeyError's own str() is the repr of its argument (quotes included): this is a sentence, not a key.
+        return str(self.args[0]) if self.args else ""
+
+
+class SessionExpired(SessionNotFound):
+    """A write found the session past its absolute lifetime (``created_at + max_lifetime``, when ``max_lifetime`` is
+    set): the session was removed instead of written."""
 
 
 class UpdateConflict(StoreError):

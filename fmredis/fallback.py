@@ -2,51 +2,26 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from typing import Any, TypeVar
 
-from fmredis.errors import FmRedisError, SessionNotFound, StoreUnavailable
-from fmredis.lifecycle import new_session_document, session_ref
+from fmredis.checks import check_count, check_key, check_keys, check_seconds, check_user_id
+from fmredis.errors import SessionNotFound, StoreUnavailable
+from fmredis.lifecycle import new_session_document
 from fmredis.memory_store import InMemorySessionStore
-from fmredis.serialization import encode_session, parse_utc
-from fmredis.store import ISessionStore, SessionUpdate, check_key, check_keys, check_ttl, check_user_id
-from fmredis.ttl_policy import SessionTTLManager
+from fmredis.outage_log import DELETE, SET, OutageLog, logger
+from fmredis.serialization import encode_session
+from fmredis.store import ISessionStore, SessionUpdate
+from fmredis.ttl_rules import TTLRules
 
 __all__ = ["FallbackSessionStore"]
 
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_SET, _DELETE = "set", "delete"
 _PROBE_KEY = "fmredis:probe"
 _UNLOCKED_ROUNDS = 3
-
-
-def _new_counts() -> dict[str, int]:
-    return {
-        "written_back": 0,
-        "deleted": 0,
-        "kept_newer_in_redis": 0,
-        "gone_in_redis": 0,
-        "expired_in_memory": 0,
-        "failed": 0,
-    }
-
-
-def _activity(session: dict[str, Any] | None) -> datetime | None:
-    """``last_activity`` as an aware UTC datetime (naive text taken as UTC), or ``None`` when absent or unreadable
-    (such a side never wins)."""
-    return parse_utc(session.get("last_activity")) if session else None
-
-
-def _owned(session: dict[str, Any]) -> bool:
-    """Whether the session belongs to a user (a non-empty ``str`` ``user_id``), so "log out everywhere" covers it."""
-    owner = session.get("user_id")
-    return isinstance(owner, str) and bool(owner)
 
 
 class FallbackSessionStore(ISessionStore):
@@ -74,53 +49,70 @@ class FallbackSessionStore(ISessionStore):
       Redis-only, so such a session existed in Redis before the outage (one Redis itself lost, a server restarted
       empty say, is not written back either); each is counted in ``gone_in_redis``. A session without a ``user_id``
       that Redis does not hold is written back. A delete during the outage stays deleted.
-    - Memory is bounded (``max_entries``, least-recently-used evicted). An evicted session that was not yet written
-      back is lost: each such loss is counted in ``lost_unsynced`` and logged as a warning, never silently.
+    - Memory: ``memory``, an :class:`~fmredis.InMemorySessionStore` with the primary's TTL rules (default: one of
+      ``max_entries`` sessions, built from ``primary.ttl_rules``). It is bounded, least-recently-used evicted. An
+      evicted session that was not yet written back is lost: each such loss is counted in ``lost_unsynced`` and logged
+      as a warning, never silently.
 
     :meth:`stats` is the primary's counters plus ``degraded`` (0 or 1), ``pending`` and ``lost_unsynced``.
 
     Thread-safe, including the write-back while other threads keep calling (during an outage ``update``'s ``fn`` runs
-    under the wrapper's lock: keep it quick). Give ``default_ttl``, ``max_ttl``, ``ttl_policy`` and ``max_lifetime``
-    the same values as the primary store so TTLs mean the same on both sides.
+    under the wrapper's lock: keep it quick). :meth:`close` closes the primary.
     """
 
     def __init__(
         self,
         primary: ISessionStore,
         *,
+        memory: InMemorySessionStore | None = None,
+        max_entries: int | None = None,
         probe_interval: float = 5.0,
-        max_entries: int = 10_000,
-        default_ttl: int = 1800,
-        max_ttl: int = 86_400,
-        ttl_policy: SessionTTLManager | None = None,
-        max_lifetime: int = 86_400,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not probe_interval >= 0:
-            raise ValueError(f"probe_interval must be a number of seconds >= 0 (got {probe_interval!r})")
+        if not isinstance(primary, ISessionStore):
+            raise TypeError(f"primary must be an ISessionStore, not {type(primary).__name__}")
+        self._probe_interval = check_seconds("probe_interval", probe_interval)
+        if memory is None:
+            rules = primary.ttl_rules
+            memory = InMemorySessionStore(
+                default_ttl=rules.default_ttl,
+                max_ttl=rules.max_ttl,
+                ttl_policy=rules.ttl_policy,
+                max_lifetime=rules.max_lifetime,
+                wall_clock=rules.wall_clock,
+                max_entries=10_000 if max_entries is None else check_count("max_entries", max_entries),  # type: ignore[arg-type]
+            )
+        elif not isinstance(memory, InMemorySessionStore):
+            raise TypeError(f"memory must be an InMemorySessionStore, not {type(memory).__name__}")
+        elif max_entries is not None:
+            raise TypeError("give max_entries or memory, not both (memory has its own max_entries)")
+        elif memory.ttl_rules != primary.ttl_rules:
+            raise ValueError(
+                f"memory's TTL rules ({_rules_text(memory.ttl_rules)}) differ from the primary's "
+                f"({_rules_text(primary.ttl_rules)}): TTLs would mean different things on the two sides"
+            )
         self._primary = primary
-        self._memory = InMemorySessionStore(
-            default_ttl=default_ttl,
-            max_ttl=max_ttl,
-            ttl_policy=ttl_policy,
-            max_lifetime=max_lifetime,
-            max_entries=max_entries,
-            on_evict=self._evicted,
-        )
-        self._probe_interval = probe_interval
+        self._memory = memory
+        memory.on_evict = self._evicted if memory.on_evict is None else _both(self._evicted, memory.on_evict)
         self._clock = clock
         # Re-entrant: memory's eviction callback runs inside writes made under this lock.
         self._lock = threading.RLock()
+        self._log = OutageLog(self._lock)
         self._degraded = False
         self._degraded_since = 0.0
         self._next_probe = 0.0
         self._reconciling = False
         self._epoch = 0  # recoveries so far: a failure seen by a call started before the last one is stale
-        self._dirty: dict[str, str] = {}
-        self._in_flight: dict[str, str] = {}  # taken from _dirty by a write-back and not yet applied
-        self._counts = _new_counts()
-        self.lost_unsynced = 0
         self.last_recovery: dict[str, Any] | None = None
+
+    @property
+    def ttl_rules(self) -> TTLRules:
+        return self._primary.ttl_rules
+
+    @property
+    def memory(self) -> InMemorySessionStore:
+        """The in-memory store outage calls are served from."""
+        return self._memory
 
     @property
     def degraded(self) -> bool:
@@ -131,20 +123,16 @@ class FallbackSessionStore(ISessionStore):
     def pending(self) -> int:
         """Writes and deletes made during the outage and not yet applied to the primary."""
         with self._lock:
-            return len(self._dirty) + len(self._in_flight)
+            return len(self._log)
+
+    @property
+    def lost_unsynced(self) -> int:
+        """Outage writes the memory bound evicted before they reached the primary (each also logged)."""
+        return self._log.lost_unsynced
 
     def _evicted(self, key: str) -> None:
-        # Runs under self._lock (memory writes are made holding it), so the two maps cannot change meanwhile.
-        for pending in (self._dirty, self._in_flight):
-            if pending.get(key) == _SET:
-                del pending[key]
-                self.lost_unsynced += 1
-                ref = session_ref(key)  # never the key itself: a session id is a bearer credential
-                logger.warning(
-                    "Memory fallback full: session %s evicted before it reached Redis; it is lost",
-                    ref,
-                    extra={"session_id": ref},
-                )
+        with self._lock:  # held already (memory writes are made holding it): re-entered
+            self._log.evicted(key)
 
     def _degrade(self, exc: StoreUnavailable, epoch: int) -> None:
         with self._lock:
@@ -153,7 +141,7 @@ class FallbackSessionStore(ISessionStore):
             self._degraded = True
             self._degraded_since = self._clock()
             self._next_probe = self._degraded_since + self._probe_interval
-            self._counts = _new_counts()
+            self._log.start_outage()
         logger.warning("Redis unavailable (%s): serving sessions from memory until it answers again", exc)
 
     def _use_primary(self) -> bool:
@@ -174,95 +162,39 @@ class FallbackSessionStore(ISessionStore):
                 self._reconciling = False
 
     def _recover(self) -> bool:
+        log = self._log
         try:
             self._primary.exists(_PROBE_KEY)
-            # Write back without blocking writers for a few rounds; writes made meanwhile land in _dirty for the next
+            # Write back without blocking writers for a few rounds; writes made meanwhile are dirty again for the next
             # round. Then finish holding the lock, so a steady stream of writes cannot keep recovery from ending.
             for _round in range(_UNLOCKED_ROUNDS):
                 with self._lock:
-                    self._in_flight, self._dirty = self._dirty, {}
-                if not self._in_flight:
+                    taken = log.take()
+                if not taken:
                     break
-                self._write_back()
+                log.write_back(self._primary, self._memory)
             with self._lock:
-                self._in_flight, self._dirty = self._dirty, {}
-                self._write_back()
-                leftovers = [key for key, _payload, _ttl in self._memory.items_snapshot()]
-                self._memory.delete_many(leftovers)
+                log.take()
+                log.write_back(self._primary, self._memory)
+                self._memory.delete_many([key for key, _payload, _ttl in self._memory.items_snapshot()])
                 self._degraded = False
                 self._epoch += 1
         except StoreUnavailable:
             return False
         outage = self._clock() - self._degraded_since
-        self.last_recovery = {"outage_seconds": round(outage, 3), **self._counts}
+        counts = log.counts
+        self.last_recovery = {"outage_seconds": round(outage, 3), **counts}
         logger.info(
             "Redis answers again after %.1f s: wrote back %d sessions, re-applied %d deletes, kept %d newer in Redis, "
             "left out %d user sessions gone from Redis",
             outage,
-            self._counts["written_back"],
-            self._counts["deleted"],
-            self._counts["kept_newer_in_redis"],
-            self._counts["gone_in_redis"],
+            counts["written_back"],
+            counts["deleted"],
+            counts["kept_newer_in_redis"],
+            counts["gone_in_redis"],
             extra={"recovery": self.last_recovery},
         )
         return True
-
-    def _write_back(self) -> None:
-        """Apply ``_in_flight`` to the primary. On StoreUnavailable, what is left goes back to ``_dirty`` (unless a
-        newer outage write replaced it) and the error propagates; another error drops that key with a warning."""
-        counts = self._counts
-        try:
-            for key in list(self._in_flight):
-                with self._lock:  # evictions remove keys from _in_flight under this lock
-                    op = self._in_flight.get(key)
-                    if op is None:
-                        continue
-                    mine, remaining = (self._memory.get(key), self._memory.ttl(key)) if op == _SET else (None, None)
-                try:
-                    self._apply(key, op, mine, remaining, counts)
-                except StoreUnavailable:
-                    raise
-                except FmRedisError as exc:  # Redis refused this one (OOM, MISCONF ...): waiting would not help
-                    counts["failed"] += 1
-                    ref = session_ref(key)
-                    logger.warning(
-                        "Session %s could not be written back to Redis (%s); it is lost",
-                        ref,
-                        exc,
-                        extra={"session_id": ref},
-                    )
-                with self._lock:
-                    self._in_flight.pop(key, None)
-        finally:
-            with self._lock:
-                for key, op in self._in_flight.items():
-                    self._dirty.setdefault(key, op)
-                self._in_flight = {}
-
-    def _apply(
-        self, key: str, op: str, mine: dict[str, Any] | None, remaining: int | None, counts: dict[str, int]
-    ) -> None:
-        if op == _DELETE:
-            self._primary.delete(key)
-            counts["deleted"] += 1
-        elif mine is None or remaining is None:
-            counts["expired_in_memory"] += 1
-        else:
-            theirs = self._primary.get(key)
-            theirs_at, mine_at = _activity(theirs), _activity(mine)
-            if theirs is None and _owned(mine):
-                # A user's session existed in Redis before the outage (create and regenerate need Redis); gone now, it
-                # may have been logged out elsewhere: writing it back would revive it, outside the user's index.
-                counts["gone_in_redis"] += 1
-            elif theirs_at is not None and (mine_at is None or theirs_at > mine_at):
-                counts["kept_newer_in_redis"] += 1
-            else:
-                try:
-                    self._primary.set(key, mine, remaining)
-                except SessionNotFound:  # passed its lifetime cap since it was written to memory
-                    counts["expired_in_memory"] += 1
-                else:
-                    counts["written_back"] += 1
 
     def _call(self, call: Callable[[ISessionStore], T], marks: Callable[[], list[tuple[str, str]]] | None = None) -> T:
         """On the primary when it is up; else on memory, under the lock and re-checked, so that no memory read or write
@@ -279,7 +211,7 @@ class FallbackSessionStore(ISessionStore):
                 if self._degraded:
                     result = call(self._memory)
                     for key, op in marks() if marks is not None else ():
-                        self._dirty[key] = op
+                        self._log.mark(key, op)
                     return result
 
     def _redis_only(self, what: str, call: Callable[[ISessionStore], T]) -> T:
@@ -296,18 +228,18 @@ class FallbackSessionStore(ISessionStore):
 
     def _if_held(self, key: str) -> Callable[[], list[tuple[str, str]]]:
         """Marks for a call that changes a session in place: written back if memory holds it."""
-        return lambda: [(key, _SET)] if self._memory.exists(key) else []
+        return lambda: [(key, SET)] if self._memory.exists(key) else []
 
     def get(self, key: str, *, refresh: bool = False) -> dict[str, Any] | None:
         if refresh:  # the refreshed expiry of a session held in memory is written back with it
             return self._call(lambda store: store.get(key, refresh=True), self._if_held(key))
         return self._call(lambda store: store.get(key))
 
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
-        self._call(lambda store: store.set(key, value, ttl), lambda: [(key, _SET)])
+    def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
+        self._call(lambda store: store.set(key, value, ttl, stamp=stamp), lambda: [(key, SET)])
 
     def delete(self, key: str) -> bool:
-        return self._call(lambda store: store.delete(key), lambda: [(key, _DELETE)])
+        return self._call(lambda store: store.delete(key), lambda: [(key, DELETE)])
 
     def exists(self, key: str) -> bool:
         return self._call(lambda store: store.exists(key))
@@ -325,7 +257,7 @@ class FallbackSessionStore(ISessionStore):
 
     def delete_many(self, keys: Iterable[str]) -> int:
         listed = check_keys(keys)
-        return self._call(lambda store: store.delete_many(listed), lambda: [(key, _DELETE) for key in listed])
+        return self._call(lambda store: store.delete_many(listed), lambda: [(key, DELETE) for key in listed])
 
     def touch(self, key: str, ttl: int | None = None) -> bool:
         return self._call(lambda store: store.touch(key, ttl), self._if_held(key))
@@ -348,7 +280,7 @@ class FallbackSessionStore(ISessionStore):
         # Bad input raises the same error whether or not Redis is up: checked in full before the primary is chosen.
         encode_session(new_session_document(check_user_id(user_id), data))
         if ttl is not None:
-            check_ttl(ttl, self._memory.max_ttl)
+            self.ttl_rules.explicit(ttl)
         return self._redis_only("create", lambda store: store.create(user_id, data, ttl))
 
     def regenerate(self, session_id: str) -> str:
@@ -373,6 +305,19 @@ class FallbackSessionStore(ISessionStore):
         }
 
     def close(self) -> None:
-        close = getattr(self._primary, "close", None)
-        if close is not None:
-            close()
+        self._primary.close()
+
+
+def _both(first: Callable[[str], None], then: Callable[[str], None]) -> Callable[[str], None]:
+    def both(key: str) -> None:
+        first(key)
+        then(key)
+
+    return both
+
+
+def _rules_text(rules: TTLRules) -> str:
+    lifetime = rules.max_lifetime
+    return (
+        f"default_ttl={rules.default_ttl}, max_ttl={rules.max_ttl}, max_lifetime={lifetime}, policy={rules.ttl_policy}"
+    )

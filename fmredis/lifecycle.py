@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import secrets
-import time
 from typing import Any
 
-from fmredis.counters import CREATED, DELETED_FOR_USER, StoreCounters
-from fmredis.errors import SerializationError, SessionNotFound
+from fmredis.counters import CORRUPTIONS, CREATED, DELETED_FOR_USER, StoreCounters
+from fmredis.errors import SerializationError, SessionExpired
 from fmredis.serialization import utc_now
 from fmredis.store import SessionUpdate
 
 __all__ = [
     "PROTECTED_FIELDS",
     "apply_update",
-    "conflict_pause",
     "events",
-    "lifetime_reached",
+    "expired",
     "new_session_document",
     "new_session_id",
+    "owner_of",
+    "report_corrupt",
     "report_created",
     "report_regenerated",
     "session_ref",
@@ -31,7 +30,7 @@ __all__ = [
 #: records with structured ``extra`` and never a payload. Route or silence them by this logger's name.
 events = logging.getLogger("fmredis.events")
 
-#: Fields ``update`` keeps as stored: the lifetime cap counts from ``created_at``, and the user index from ``user_id``.
+#: Fields ``update`` keeps as stored: a lifetime cap counts from ``created_at``, and the user index from ``user_id``.
 PROTECTED_FIELDS = ("created_at", "user_id")
 
 
@@ -42,11 +41,18 @@ def new_session_id() -> str:
 
 
 def session_ref(session_id: str) -> str:
-    """What logs show instead of a session id (which is a bearer credential): the first 16 hex digits of its SHA-256.
+    """What logs and messages show instead of a session id (which is a bearer credential): the first 16 hex digits of
+    its SHA-256.
 
     Stable, so an application can compute the same reference to find a session's records.
     """
     return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def owner_of(session: dict[str, Any]) -> str | None:
+    """The session's ``user_id`` if it is a non-empty ``str`` (so the session belongs in that user's index)."""
+    owner = session.get("user_id")
+    return owner if isinstance(owner, str) and owner else None
 
 
 def new_session_document(user_id: str, data: object) -> dict[str, Any]:
@@ -78,17 +84,20 @@ def apply_update(current: dict[str, Any], fn: SessionUpdate) -> dict[str, Any]:
     return {**updated, "last_activity": utc_now()}
 
 
-def lifetime_reached(session_id: str) -> SessionNotFound:
-    """Log that a session was removed at its lifetime cap; returns the error ``update``/``regenerate`` raise for it."""
+def expired(session_id: str) -> SessionExpired:
+    """Log that a session was removed at its lifetime cap; returns the error a write that found it so raises."""
     ref = session_ref(session_id)
     events.info("Session reached its lifetime cap; removed", extra={"session_id": ref, "ttl": 0})
-    return SessionNotFound(f"session {ref} passed its lifetime cap; removed")
+    return SessionExpired(
+        f"Session {ref} has passed its lifetime (created_at plus max_lifetime) and was removed instead of written."
+    )
 
 
-def conflict_pause(attempt: int) -> None:
-    """Wait before retrying a write that lost a race: full jitter, 1 ms doubling per attempt, at most 100 ms, so
-    updaters that keep colliding (a slow ``fn``) spread out instead of retrying in lockstep."""
-    time.sleep(random.uniform(0, min(0.1, 0.001 * 2**attempt)))
+def report_corrupt(counters: StoreCounters, session_id: str, reason: object) -> None:
+    """Count and log stored data that is not a session (it reads as missing)."""
+    counters.tick[CORRUPTIONS]()
+    ref = session_ref(session_id)
+    events.warning("Corrupt session data (session %s: %s); read as missing", ref, reason, extra={"session_id": ref})
 
 
 def report_created(

@@ -3,29 +3,16 @@ call."""
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
-from fmredis.counters import CONFLICTS, DELETED_FOR_USER, HITS, MISSES, OPS, StoreCounters
-from fmredis.errors import SessionNotFound, StoreError, UpdateConflict
-from fmredis.lifecycle import (
-    apply_update,
-    conflict_pause,
-    events,
-    lifetime_reached,
-    new_session_document,
-    new_session_id,
-    report_created,
-    report_regenerated,
-    session_ref,
-)
-from fmredis.serialization import decode_session, encode_for_write, encode_session, parse_utc, utc_now
-from fmredis.store import ISessionStore, SessionUpdate, TTLDefaults, check_key, check_keys, check_user_id
+from fmredis.checks import check_count
+from fmredis.core import SessionStoreBase, Transaction
 from fmredis.ttl_policy import SessionTTLManager
 
 __all__ = ["InMemorySessionStore"]
@@ -49,21 +36,17 @@ class _Entry:
         self.ttl = ttl
 
 
-class InMemorySessionStore(TTLDefaults, ISessionStore):
+class InMemorySessionStore(SessionStoreBase):
     """Sessions in this process: the same orjson bytes :class:`~fmredis.RedisSessionStore` would write, with expiry.
 
     Values read back exactly as from the Redis store (``last_activity`` stamped, tuples as lists, datetimes and UUIDs
     as their JSON text), and every read returns a freshly decoded dict, so callers can never change stored state
-    through one. Keys are used as given (no prefix).
+    through one. Keys are used as given (no prefix). Everything else (TTL rules, lifetime cap, the user index and
+    ``max_sessions_per_user``, counters, events, the optimistic ``update``) is the shared core's, as in the Redis store.
 
     Expiry runs on ``clock`` (seconds, monotonic; injectable for tests): a session is gone once ``clock()`` reaches
     its deadline, to every method alike, and is purged lazily. :meth:`ttl` rounds the remaining time up, so a live
-    session never reports 0. ``max_lifetime`` counts on the wall clock, from ``created_at``.
-
-    Lifecycle as in the Redis store: ``ttl_policy``, ``max_lifetime``, the user index and ``max_sessions_per_user``,
-    :meth:`stats` (``counters=False``: zeros), the ``fmredis.events`` records, and an optimistic :meth:`update`
-    (``fn`` runs with no lock held; its result is written only if nobody wrote the session meanwhile, else ``fn``
-    runs again after a jittered pause, at most ``update_attempts`` times).
+    session never reports 0. A lifetime cap counts on ``wall_clock`` (epoch seconds), from ``created_at``.
 
     Bound: at most ``max_entries`` sessions are held, expired ones not yet purged included. Storing a new key into a
     full store first purges every expired session, then, if still full, evicts the least recently used one. Writes,
@@ -73,9 +56,7 @@ class InMemorySessionStore(TTLDefaults, ISessionStore):
     sessions are dropped from the user index when next met, never listed.
 
     Thread-safety: every method may be called from many threads at once. One lock guards the entries and the user
-    index; encoding, decoding, update functions, the clock and ``on_evict`` all run outside it, so a slow callback
-    never blocks other callers. Invalid input raises (:class:`~fmredis.errors.InvalidKeyError`,
-    :class:`~fmredis.errors.InvalidTTLError`, :class:`~fmredis.errors.SerializationError`) before anything is changed.
+    index; encoding, decoding, update functions, the clocks and ``on_evict`` all run outside it.
     """
 
     def __init__(
@@ -84,30 +65,33 @@ class InMemorySessionStore(TTLDefaults, ISessionStore):
         default_ttl: int = 1800,
         max_ttl: int = 86_400,
         ttl_policy: SessionTTLManager | None = None,
-        max_lifetime: int = 86_400,
+        max_lifetime: int | None = None,
         max_sessions_per_user: int | None = None,
         update_attempts: int = 64,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         on_evict: Callable[[str], None] | None = None,
         counters: bool = True,
     ) -> None:
-        self._init_ttls(default_ttl, max_ttl, ttl_policy, max_lifetime)
-        for name, value in (("max_entries", max_entries), ("update_attempts", update_attempts)):
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be an int of at least 1 (got {value!r})")
-        if max_sessions_per_user is not None and (type(max_sessions_per_user) is not int or max_sessions_per_user < 1):
-            raise ValueError(f"max_sessions_per_user must be None or an int >= 1 (got {max_sessions_per_user!r})")
+        super().__init__(
+            default_ttl=default_ttl,
+            max_ttl=max_ttl,
+            ttl_policy=ttl_policy,
+            max_lifetime=max_lifetime,
+            max_sessions_per_user=max_sessions_per_user,
+            update_attempts=update_attempts,
+            counters=counters,
+            wall_clock=wall_clock,
+        )
+        self._max_entries: int = check_count("max_entries", max_entries)  # type: ignore[assignment]
         if not callable(clock):
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         if on_evict is not None and not callable(on_evict):
             raise TypeError(f"on_evict must be callable or None, not {type(on_evict).__name__}")
-        self._max_entries = max_entries
-        self._update_attempts = update_attempts
-        self._max_per_user = max_sessions_per_user
-        self._clock, self._on_evict = clock, on_evict
-        self._counters = counted = StoreCounters(enabled=counters)
-        self._op, self._hit, self._miss = counted.tick[OPS], counted.tick[HITS], counted.tick[MISSES]
+        self._clock = clock
+        #: Called with the key of each session the bound evicts, after the write that evicted it (settable).
+        self.on_evict = on_evict
         self._lock = threading.Lock()
         # Recency order: least recently used first.
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -120,8 +104,9 @@ class InMemorySessionStore(TTLDefaults, ISessionStore):
         self._indexed = 0  # index entries, all users together
 
     def __repr__(self) -> str:
+        rules = self._rules
         return (
-            f"{type(self).__name__}(default_ttl={self._default_ttl}, max_ttl={self._max_ttl}, "
+            f"{type(self).__name__}(default_ttl={rules.default_ttl}, max_ttl={rules.max_ttl}, "
             f"max_entries={self._max_entries})"
         )
 
@@ -152,14 +137,121 @@ class InMemorySessionStore(TTLDefaults, ISessionStore):
             self._purge_expired(now)
             return [(key, entry.payload, _remaining(entry, now)) for key, entry in self._entries.items()]
 
-    def stats(self) -> dict[str, int]:
-        return self._counters.snapshot()
+    # --- primitives --------------------------------------------------------------------------------------------------
 
-    def _looked_up(self, found: bool) -> None:
-        self._op()
-        (self._hit if found else self._miss)()
+    def _read(self, key: str) -> bytes | None:
+        now = self._clock()
+        with self._lock:
+            entry = self._live(key, now)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry.payload
+
+    def _peek(self, key: str) -> bytes | None:
+        now = self._clock()
+        with self._lock:
+            entry = self._live(key, now)
+            return None if entry is None else entry.payload
+
+    def _write(self, key: str, payload: bytes, seconds: int) -> None:
+        now = self._clock()
+        with self._lock:
+            evicted = self._store(key, payload, now, seconds)
+        self._report_eviction(evicted)
+
+    def _remove(self, key: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.pop(key, None)
+        return entry is not None and entry.deadline > now
+
+    def _read_with_ttl(self, key: str) -> tuple[bytes | None, int]:
+        now = self._clock()
+        with self._lock:
+            entry = self._live(key, now)
+            return (None, 0) if entry is None else (entry.payload, _remaining(entry, now))
+
+    def _read_and_expire(self, key: str, seconds: int) -> bytes | None:
+        now = self._clock()
+        with self._lock:
+            entry = self._live(key, now)
+            if entry is None:
+                return None
+            self._set_deadline(key, entry, now, seconds)
+            self._entries.move_to_end(key)
+            return entry.payload
+
+    def _expire(self, key: str, seconds: int) -> None:
+        now = self._clock()
+        with self._lock:
+            entry = self._live(key, now)
+            if entry is not None:
+                self._set_deadline(key, entry, now, seconds)
+
+    def _read_many(self, keys: list[str]) -> list[bytes | None]:
+        now = self._clock()
+        payloads: list[bytes | None] = []
+        with self._lock:
+            for key in keys:
+                entry = self._live(key, now)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                payloads.append(None if entry is None else entry.payload)
+        return payloads
+
+    def _remove_many(self, keys: list[str]) -> int:
+        now = self._clock()
+        with self._lock:
+            pop = self._entries.pop
+            gone = [pop(key, None) for key in keys]
+        return sum(entry is not None and entry.deadline > now for entry in gone)
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str, key: str) -> Iterator[Transaction]:
+        yield _HeldSession(self, key)
+
+    def _insert(self, session_id: str, payload: bytes, seconds: int, user_id: str, created: float) -> int | None:
+        now = self._clock()
+        with self._lock:
+            if self._live(session_id, now) is not None:
+                return None
+            evicted = self._store(session_id, payload, now, seconds)
+            self._index(user_id, session_id, created)
+            count = len(self._users[user_id])
+        self._report_eviction(evicted)
+        return count
+
+    def _trim_user(self, user_id: str, keep: int) -> list[str]:
+        now = self._clock()
+        with self._lock:
+            live = self._user_live(user_id, now)
+            excess = live[: max(0, len(live) - keep)]
+            for session_id in excess:
+                del self._entries[session_id]
+            self._unindex(user_id, excess)
+        return excess
+
+    def _user_sessions(self, user_id: str) -> list[str]:
+        now = self._clock()
+        with self._lock:
+            return self._user_live(user_id, now)
+
+    def _remove_user(self, user_id: str) -> int:
+        now = self._clock()
+        with self._lock:
+            sessions = self._users.pop(user_id, {})
+            self._indexed -= len(sessions)
+            pop = self._entries.pop
+            gone = [pop(session_id, None) for session_id in sessions]
+        return sum(entry is not None and entry.deadline > now for entry in gone)
 
     # --- internals; every method below that touches the entries is called with the lock held ------------------------
+
+    def _report_eviction(self, evicted: str | None) -> None:
+        """Called with the lock released, once the write that evicted ``evicted`` is done."""
+        if evicted is not None and self.on_evict is not None:
+            self.on_evict(evicted)
 
     def _live(self, key: str, now: float) -> _Entry | None:
         """The entry under ``key`` if it has not expired; an expired one is removed on the way."""
@@ -190,7 +282,7 @@ class InMemorySessionStore(TTLDefaults, ISessionStore):
         self._schedule(key, now + seconds)
         return evicted
 
-    def _expire(self, key: str, entry: _Entry, now: float, seconds: int) -> None:
+    def _set_deadline(self, key: str, entry: _Entry, now: float, seconds: int) -> None:
         entry.deadline, entry.ttl = now + seconds, seconds
         self._schedule(key, entry.deadline)
 
@@ -230,278 +322,51 @@ class InMemorySessionStore(TTLDefaults, ISessionStore):
             if not sessions:
                 del self._users[user_id]
 
-    def _user_live(self, user_id: str, now: float) -> list[tuple[str, float]]:
-        """``(session_id, created)`` of the user's live indexed sessions, oldest first; drops entries of gone ones."""
+    def _user_live(self, user_id: str, now: float) -> list[str]:
+        """Ids of the user's live indexed sessions, oldest first; drops entries of gone ones."""
         sessions = self._users.get(user_id, {})
         self._unindex(user_id, [session_id for session_id in sessions if self._live(session_id, now) is None])
-        return sorted(sessions.items(), key=lambda item: (item[1], item[0]))  # equal times by id, as Redis's ZRANGE
+        ordered = sorted(sessions.items(), key=lambda item: (item[1], item[0]))  # equal times by id, as Redis's ZRANGE
+        return [session_id for session_id, _created in ordered]
 
-    # --- ISessionStore ----------------------------------------------------------------------------------------------
 
-    def get(self, key: str, *, refresh: bool = False) -> dict[str, Any] | None:
-        if refresh:
-            return self._refresh(key, self._touch_ttl(None))
-        check_key(key)
-        now = self._clock()
-        with self._lock:
-            entry = self._live(key, now)
-            if entry is not None:
-                self._entries.move_to_end(key)
-        self._looked_up(entry is not None)
-        return None if entry is None else decode_session(entry.payload)
+class _HeldSession:
+    """A :class:`~fmredis.core.Transaction` on the memory store: a commit wins only if the entry read is still there
+    (entries are never changed in place, so identity means nobody wrote the session since)."""
 
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
-        """See :meth:`ISessionStore.set`. A session past its lifetime cap is removed instead of stored."""
-        check_key(key)
-        payload = encode_for_write(value)
-        seconds = self._write_ttl(ttl, value)
-        now = self._clock()
-        with self._lock:
-            evicted = self._store(key, payload, now, seconds)
-        self._op()
-        if not seconds:
-            raise lifetime_reached(key)
-        if evicted is not None and self._on_evict is not None:
-            self._on_evict(evicted)
+    def __init__(self, store: InMemorySessionStore, key: str) -> None:
+        self._store, self._key = store, key
+        self._entry: _Entry | None = None
 
-    def delete(self, key: str) -> bool:
-        check_key(key)
-        now = self._clock()
-        with self._lock:
-            entry = self._entries.pop(key, None)
-        self._op()
-        return entry is not None and entry.deadline > now
+    def read(self) -> bytes | None:
+        store = self._store
+        now = store._clock()
+        with store._lock:
+            self._entry = store._live(self._key, now)
+        return None if self._entry is None else self._entry.payload
 
-    def exists(self, key: str) -> bool:
-        check_key(key)
-        now = self._clock()
-        with self._lock:
-            found = self._live(key, now) is not None
-        self._op()
-        return found
-
-    def extend_ttl(self, key: str, ttl: int | None = None) -> bool:
-        """See :meth:`ISessionStore.extend_ttl`: like :meth:`touch`, with ``ttl`` or the default rather than the
-        policy's TTL."""
-        return self._refresh(key, self._ttl_or_default(ttl)) is not None
-
-    def ttl(self, key: str) -> int | None:
-        """Seconds until the session expires, rounded up (a live session never reports 0); ``None`` if missing."""
-        check_key(key)
-        now = self._clock()
-        with self._lock:
-            entry = self._live(key, now)
-            remaining = None if entry is None else _remaining(entry, now)
-        self._op()
-        return remaining
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        checked = check_keys(keys)
-        if not checked:
-            return {}
-        now = self._clock()
-        payloads: dict[str, bytes] = {}
-        with self._lock:
-            for key in checked:
-                entry = self._live(key, now)
-                if entry is not None:
-                    self._entries.move_to_end(key)
-                    payloads[key] = entry.payload
-        self._op()
-        self._counters.add(HITS, len(payloads))
-        self._counters.add(MISSES, len(checked) - len(payloads))
-        return {key: decode_session(payload) for key, payload in payloads.items()}
-
-    def delete_many(self, keys: Iterable[str]) -> int:
-        checked = check_keys(keys)
-        if not checked:
-            return 0
-        now = self._clock()
-        with self._lock:
-            pop = self._entries.pop
-            gone = [pop(key, None) for key in checked]
-        self._op()
-        return sum(entry is not None and entry.deadline > now for entry in gone)
-
-    # --- sliding expiry and atomic read-modify-write -----------------------------------------------------------------
-
-    def touch(self, key: str, ttl: int | None = None) -> bool:
-        """See :meth:`ISessionStore.touch`: the document is decoded (outside the lock) only to find its lifetime cap."""
-        return self._refresh(key, self._touch_ttl(ttl)) is not None
-
-    def _refresh(self, key: str, seconds: int) -> dict[str, Any] | None:
-        """Restart the session's expiry at ``seconds``, cut to its lifetime cap; the session, or ``None``."""
-        check_key(key)
-        now = self._clock()
-        with self._lock:
-            entry = self._live(key, now)
-            if entry is not None:
-                self._expire(key, entry, now, seconds)
-                self._entries.move_to_end(key)
-        if entry is None:
-            self._looked_up(False)
-            return None
-        session = decode_session(entry.payload)
-        left = self._lifetime_left(session)
-        found = left is None or left >= seconds or self._cap(key, entry, left)
-        self._looked_up(found)
-        return session if found else None
-
-    def _cap(self, key: str, entry: _Entry, left: float) -> bool:
-        """Pull the deadline a refresh just gave ``entry`` back to its lifetime cap, or remove it if ``left`` is under a
-        second; ``False`` if removed. A write since the refresh is left alone (the writer capped its own TTL)."""
-        now = self._clock()
-        with self._lock:
-            mine = self._live(key, now) is entry
-            if mine and left >= 1:
-                self._expire(key, entry, now, int(left))
-            elif mine:
-                del self._entries[key]
-        if mine and left < 1:
-            lifetime_reached(key)
-            return False
-        return True
-
-    def _read(self, key: str) -> _Entry:
-        """The live entry an update starts from; counts a miss and raises ``SessionNotFound`` when there is none."""
-        now = self._clock()
-        with self._lock:
-            entry = self._live(key, now)
-        if entry is None:
-            self._looked_up(False)
-            raise SessionNotFound(f"no session {session_ref(key)}")
-        return entry
-
-    def _lost(self, attempt: int) -> None:
-        """Count a lost race and back off as the Redis store does: updaters with a slow ``fn`` would keep colliding."""
-        self._counters.tick[CONFLICTS]()
-        conflict_pause(attempt)
-
-    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
-        """See :meth:`ISessionStore.update`.
-
-        Optimistic: read the entry, then run ``fn`` and encode with no lock held, and write only if the same entry is
-        still there; else start again after a short jittered pause.
-        """
-        check_key(key)
-        if ttl is not None:
-            self._ttl_or_default(ttl)  # bad input raises before anything is read
-        for attempt in range(self._update_attempts):
-            entry = self._read(key)
-            updated = apply_update(decode_session(entry.payload), fn)
-            payload = encode_session(updated)
-            seconds = self._write_ttl(ttl, updated)
-            now = self._clock()
-            with self._lock:
-                won = self._live(key, now) is entry
-                if won:
-                    self._store(key, payload, now, seconds)  # replaces a held key: evicts nothing
+    def write(self, payload: bytes, seconds: int) -> bool:
+        store = self._store
+        now = store._clock()
+        with store._lock:
+            won = store._live(self._key, now) is self._entry
             if won:
-                break
-            self._lost(attempt)
-        else:
-            raise UpdateConflict(
-                f"update of session {session_ref(key)} lost to other writers {self._update_attempts} times; not applied"
-            )
-        self._looked_up(True)
-        if not seconds:
-            raise lifetime_reached(key)
-        return decode_session(payload)  # as a read returns it (datetimes as text, tuples as lists)
+                store._store(self._key, payload, now, seconds)  # replaces a held key: evicts nothing
+        return won
 
-    # --- creation and the per-user index -----------------------------------------------------------------------------
-
-    def create(self, user_id: str, data: dict[str, Any], ttl: int | None = None) -> str:
-        user_id = check_user_id(user_id)
-        session = new_session_document(user_id, data)
-        payload = encode_session(session)
-        seconds = max(1, self._write_ttl(ttl, session))  # new: only a max_lifetime under 1 s could make it 0
-        created = session["created_at"].timestamp()
-        now = self._clock()
-        cap = self._max_per_user
-        for _attempt in range(3):  # a collision of 256-bit random ids does not happen; checked all the same
-            session_id = new_session_id()
-            with self._lock:
-                if self._live(session_id, now) is not None:
-                    continue
-                evicted = self._store(session_id, payload, now, seconds)
-                self._index(user_id, session_id, created)
-                removed: list[str] = []
-                # Only past the cap is the user's index checked: doing it on every create would make a user's n-th
-                # create cost O(n log n) under the lock (the sweep in _index keeps the index bounded meanwhile).
-                if cap is not None and len(self._users[user_id]) > cap:
-                    live = self._user_live(user_id, now)
-                    removed = [held for held, _at in live[: max(0, len(live) - cap)]]
-                for held in removed:
-                    del self._entries[held]
-                self._unindex(user_id, removed)
-            break
-        else:
-            raise StoreError("could not find an unused session id in 3 attempts")
-        self._op()
-        report_created(self._counters, session_id, user_id, seconds, len(removed), cap)
-        if evicted is not None and self._on_evict is not None:
-            self._on_evict(evicted)
-        return session_id
-
-    def regenerate(self, session_id: str) -> str:
-        """See :meth:`ISessionStore.regenerate`: optimistic like :meth:`update`; the move is one step under the lock."""
-        check_key(session_id)
-        for attempt in range(self._update_attempts):
-            entry = self._read(session_id)
-            session = decode_session(entry.payload)
-            session["last_activity"] = stamped = utc_now()
-            seconds = self._write_ttl(None, session)
-            owner = session.get("user_id")
-            user_id = owner if isinstance(owner, str) and owner else None
-            created = (parse_utc(session.get("created_at")) or stamped).timestamp()
-            payload = encode_session(session)
-            new_id = new_session_id()
-            now = self._clock()
-            with self._lock:
-                # An id already taken (256 random bits: never) is retried like a lost race.
-                won = self._live(session_id, now) is entry and self._live(new_id, now) is None
-                if won:
-                    del self._entries[session_id]  # first, so storing the new key evicts nothing
-                    if user_id is not None:
-                        self._unindex(user_id, [session_id])
-                    self._store(new_id, payload, now, seconds)
-                    if seconds and user_id is not None:
-                        self._index(user_id, new_id, created)
+    def move(self, new_id: str, payload: bytes, seconds: int, user_id: str | None, created: float) -> bool:
+        store = self._store
+        now = store._clock()
+        with store._lock:
+            won = store._live(self._key, now) is self._entry and store._live(new_id, now) is None
             if won:
-                break
-            self._lost(attempt)
-        else:
-            raise UpdateConflict(
-                f"regenerate of session {session_ref(session_id)} lost to concurrent writers; not applied"
-            )
-        self._looked_up(True)
-        if not seconds:
-            raise lifetime_reached(session_id)
-        report_regenerated(self._counters, session_id, new_id, user_id, seconds)
-        return new_id
-
-    def sessions_for_user(self, user_id: str) -> list[str]:
-        """See :meth:`ISessionStore.sessions_for_user`; prunes entries of gone sessions on the way."""
-        user_id = check_user_id(user_id)
-        now = self._clock()
-        with self._lock:
-            live = self._user_live(user_id, now)
-        self._op()
-        return [session_id for session_id, _created in live]
-
-    def delete_user_sessions(self, user_id: str) -> int:
-        user_id = check_user_id(user_id)
-        now = self._clock()
-        with self._lock:
-            sessions = self._users.pop(user_id, {})
-            self._indexed -= len(sessions)
-            pop = self._entries.pop
-            gone = [pop(session_id, None) for session_id in sessions]
-        removed = sum(entry is not None and entry.deadline > now for entry in gone)
-        self._op()
-        self._counters.add(DELETED_FOR_USER, removed)
-        events.info("Sessions deleted for user", extra={"user_id": user_id, "removed": removed})
-        return removed
+                del store._entries[self._key]  # first, so storing the new key evicts nothing
+                if user_id is not None:
+                    store._unindex(user_id, [self._key])
+                store._store(new_id, payload, now, seconds)
+                if seconds and user_id is not None:
+                    store._index(user_id, new_id, created)
+        return won
 
 
 def _remaining(entry: _Entry, now: float) -> int:

@@ -2,18 +2,72 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from redis.crc import key_slot
 from redis.exceptions import WatchError
 
 from fmredis.errors import UpdateConflict
+from fmredis.redis_errors import lost_connection
 
-__all__ = ["RedisUserIndex", "lost_connection"]
+__all__ = ["RedisUserIndex"]
+
+_KEPT_NOTES = 10_000
+
+# Each script checks every key's type before its first write: a script that fails half-way keeps what it wrote, and
+# Redis checks ACL key permissions (NOPERM) and memory (OOM) before any write, so the checks make it all or nothing.
+_CHECK_INDEX = """
+local function check(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= kind and found ~= 'none' then
+    return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+  end
+end
+local function index(key, score, member, expire_at)
+  redis.call('ZADD', key, score, member)
+  -- NX sets a new key's expiry; GT only moves an existing one later (GT alone skips a key without one).
+  redis.call('EXPIREAT', key, expire_at, 'NX')
+  redis.call('EXPIREAT', key, expire_at, 'GT')
+end
+"""
+
+# KEYS: session, index. ARGV: payload, seconds, created, session id, index expiry. Returns the index's size, or -1 if
+# the id is taken. Finding its own payload already there means this is redis-py re-sending after a lost reply.
+_INSERT = (
+    _CHECK_INDEX
+    + """
+local bad = check(KEYS[2], 'zset') or check(KEYS[1], 'string')
+if bad then return bad end
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+index(KEYS[2], ARGV[3], ARGV[4], ARGV[5])
+return redis.call('ZCARD', KEYS[2])
+"""
+)
+
+# KEYS: old session, new session[, index]. ARGV: payload, seconds (0: past its lifetime, only remove), created,
+# old id, new id, index expiry. Returns 1, or 0 if the new id is taken (nothing written).
+_MOVE = (
+    _CHECK_INDEX
+    + """
+local bad = (KEYS[3] and check(KEYS[3], 'zset')) or check(KEYS[2], 'string')
+if bad then return bad end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2]) end
+redis.call('UNLINK', KEYS[1])
+if KEYS[3] then
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  if tonumber(ARGV[2]) > 0 then index(KEYS[3], ARGV[3], ARGV[5], ARGV[6]) end
+end
+return 1
+"""
+)
 
 
 class RedisUserIndex:
@@ -21,22 +75,24 @@ class RedisUserIndex:
 
     Invariants the store relies on:
 
-    - An entry and its session are written, moved (``regenerate``) and removed ("log out everywhere") in one
-      ``MULTI``/``EXEC`` each, so no live session made by ``create``/``regenerate`` is ever missing from its user's set,
-      and no concurrent create or regenerate can slip between a logout's read of the set and its deletes (the logout
-      watches the set and starts again if it changed).
+    - An entry and its session are written (``create``), moved (``regenerate``) and removed ("log out everywhere")
+      together, by one script or one ``MULTI``/``EXEC``, or not at all: no live session made by ``create`` or
+      ``regenerate`` is ever missing from its user's set, and no concurrent create or regenerate can slip between a
+      logout's read of the set and its deletes (the logout watches the set and starts again if it changed).
     - Reads check that each listed session exists and prune the entries whose sessions are gone (expired, or removed
       with ``delete``): such a session is never returned, and the set does not grow without bound.
-    - The key's own expiry is kept at or past its newest session's lifetime cap plus one ``max_ttl`` (what a refresh
-      can overshoot the cap by if its capping command is lost), so the index outlives every session it lists, as long
-      as the sessions keep their ``created_at``.
+    - The key's own expiry stays past the end of every session it lists. With a lifetime cap, every write of an entry
+      sets it to the newest session's cap plus one ``max_ttl`` (what a refresh can overshoot the cap by if its capping
+      command is lost). Without one a session can slide for ever, so the store calls :meth:`keep_alive` whenever it
+      gives an indexed session a new TTL; a per-process note of how far it last pushed each key keeps that to about
+      one ``EXPIREAT`` per user per ``max_ttl``.
 
-    In a Redis Cluster (``cluster=True``) one ``MULTI`` must stay in one hash slot: the index key and the ids
+    In a Redis Cluster (``cluster=True``) one script or ``MULTI`` must stay in one hash slot: the index key and the ids
     :meth:`session_id_for` makes carry the same hash tag (``{`` + 8 hex digits of the user id's SHA-256 + ``}``), so a
     user's index and the sessions made by ``create`` and ``regenerate`` share a slot. Keys in other slots (sessions
-    written with ``set`` and regenerated later) are handled outside the ``MULTI``.
+    written with ``set`` and regenerated later) are indexed outside the script.
 
-    Needs Redis >= 7.0 (``EXPIREAT ... NX/GT``). Thread-safe.
+    Needs Redis >= 7.0 (``EXPIREAT ... NX/GT``). Thread-safe. Callers translate redis-py's errors.
     """
 
     def __init__(
@@ -45,17 +101,44 @@ class RedisUserIndex:
         *,
         index_prefix: str,
         session_prefix: str,
-        max_lifetime: int,
+        lifetime: int | None,
         max_ttl: int,
-        cluster: bool = False,
+        cluster: bool,
     ) -> None:
         # Any: redis-py's pipeline methods are untyped, and zrange's return type is a union for RESP2/RESP3.
         self._client: Any = client
         self._index_prefix = index_prefix
         self._session_prefix = session_prefix
-        self._max_lifetime = max_lifetime
+        self._lifetime = lifetime
         self._max_ttl = max_ttl
         self._cluster = cluster
+        self._insert = client.register_script(_INSERT)
+        # user_id -> epoch second this process last pushed the index's expiry to (keep_alive). A note that is stale
+        # (the index was deleted and made again since) is still safe: a new index expires later than any note made
+        # before it, since both are "now + about two max_ttl" and the note is older.
+        self._kept: dict[str, int] = {}
+
+    def _expire_at(self, created: float) -> int:
+        """When the index must expire at the earliest, for an entry written now of a session created at ``created``."""
+        end = created + self._lifetime if self._lifetime is not None else time.time() + self._max_ttl
+        return int(end) + self._max_ttl + 1
+
+    def keep_alive(self, user_id: str, seconds: int) -> None:
+        """Make sure the user's index outlives a session of the user that was just given ``seconds`` more (only
+        needed without a lifetime cap; one ``EXPIREAT ... GT`` at most about once per ``max_ttl``)."""
+        until = time.time() + seconds
+        if self._kept.get(user_id, 0) >= until:
+            return
+        expire_at = int(until) + self._max_ttl + 1
+        self._client.execute_command("EXPIREAT", self.key(user_id), expire_at, "GT")
+        self._noted(user_id, expire_at)
+
+    def _noted(self, user_id: str, expire_at: int) -> None:
+        """Remember that the user's index expires at ``expire_at`` or later (it was just pushed there)."""
+        if self._lifetime is None:
+            if len(self._kept) >= _KEPT_NOTES:  # bounded: forgetting only costs an EXPIREAT more
+                self._kept.clear()
+            self._kept[user_id] = expire_at
 
     def key(self, user_id: str) -> str:
         return self._index_prefix + _tag(user_id) + user_id if self._cluster else self._index_prefix + user_id
@@ -64,52 +147,86 @@ class RedisUserIndex:
         """The id of a new session of ``user_id``: ``token``, tagged into the user's hash slot in a cluster."""
         return _tag(user_id) + token if self._cluster else token
 
-    def session_id_beside(self, session_key: str, token: str) -> str:
-        """The id of a session that replaces the one under ``session_key``: in a cluster, tagged into its slot, so one
-        ``MULTI`` can write the new key and remove the old."""
-        return "{" + _hash_tag(session_key) + "}" + token if self._cluster else token
+    def session_id_beside(self, session_id: str, token: str) -> str:
+        """The id of a session that replaces ``session_id``: in a cluster, tagged into its slot, so one script can
+        write the new key and remove the old."""
+        return "{" + _hash_tag(self._session_prefix + session_id) + "}" + token if self._cluster else token
+
+    def insert(self, session_id: str, payload: bytes, seconds: int, user_id: str, created: float) -> int | None:
+        """Write a new session and its entry in one script; the index's size after it, or ``None`` if the id is
+        taken."""
+        expire_at = self._expire_at(created)
+        count = self._insert(
+            keys=[self._session_prefix + session_id, self.key(user_id)],
+            args=[payload, seconds, created, session_id, expire_at],
+        )
+        if int(count) < 0:
+            return None
+        self._noted(user_id, expire_at)
+        return int(count)
+
+    def queue_move(
+        self,
+        pipe: Any,
+        old_id: str,
+        new_id: str,
+        payload: bytes,
+        seconds: int,
+        user_id: str | None,
+        created: float,
+    ) -> Callable[[], None] | None:
+        """Queue, in ``pipe``'s ``MULTI``, the script that moves a session and, if ``user_id`` is given and shares the
+        slot, its entry. Returns what to call once the ``EXEC`` has moved it: ``None`` when the entry is in the
+        script, else the separate index update (a cluster session outside its user's slot)."""
+        keys = [self._session_prefix + old_id, self._session_prefix + new_id]
+        expire_at = self._expire_at(created)
+        if user_id is None:
+            follow_up = None
+        elif self.same_slot(new_id, user_id):
+            keys.append(self.key(user_id))
+            follow_up = functools.partial(self._noted, user_id, expire_at) if seconds else None
+        else:
+            follow_up = functools.partial(self._move_entry, user_id, old_id, new_id if seconds else None, created)
+        pipe.execute_command("EVAL", _MOVE, len(keys), *keys, payload, seconds, created, old_id, new_id, expire_at)
+        return follow_up
+
+    def _move_entry(self, user_id: str, old_id: str, new_id: str | None, created: float) -> None:
+        if new_id is not None:
+            self.add(user_id, new_id, created)
+        self.remove(user_id, [old_id])
 
     def add(self, user_id: str, session_id: str, created: float) -> None:
-        """Index a session outside any other ``MULTI`` (in a cluster, for a session outside the index's slot)."""
+        """Index a session outside any script (in a cluster, for a session outside the index's slot)."""
+        index_key, expire_at = self.key(user_id), self._expire_at(created)
         with self._client.pipeline(transaction=True) as pipe:
-            self.queue_add(pipe, user_id, session_id, created)
+            pipe.execute_command("ZADD", index_key, created, session_id)
+            pipe.execute_command("EXPIREAT", index_key, expire_at, "NX")
+            pipe.execute_command("EXPIREAT", index_key, expire_at, "GT")
             pipe.execute()
+        self._noted(user_id, expire_at)
 
     def same_slot(self, session_id: str, user_id: str) -> bool:
-        """Whether the session's key and the user's index key can share one ``MULTI``."""
+        """Whether the session's key and the user's index key can share one script or ``MULTI``."""
         return not self._cluster or _slot(self._session_prefix + session_id) == _slot(self.key(user_id))
-
-    def queue_add(self, pipe: Any, user_id: str, session_id: str, created: float) -> None:
-        """Queue, in ``pipe``'s ``MULTI``, the entry for ``session_id`` and the key's expiry (three replies)."""
-        index_key = self.key(user_id)
-        expire_at = int(created) + self._max_lifetime + self._max_ttl + 1
-        pipe.execute_command("ZADD", index_key, created, session_id)
-        # NX sets a new key's expiry; GT only moves an existing one later (GT alone skips a key without one).
-        pipe.execute_command("EXPIREAT", index_key, expire_at, "NX")
-        pipe.execute_command("EXPIREAT", index_key, expire_at, "GT")
 
     def remove(self, user_id: str, session_ids: list[str]) -> None:
         if session_ids:
             self._client.execute_command("ZREM", self.key(user_id), *session_ids)
 
-    def entries(self, user_id: str) -> list[tuple[str, float]]:
-        """Every ``(session_id, created)`` indexed for the user, oldest first, gone sessions included."""
-        return _decoded(self._client.zrange(self.key(user_id), 0, -1, withscores=True))
-
-    def live(self, user_id: str) -> list[tuple[str, float]]:
-        """``(session_id, created)`` of the user's existing sessions, oldest first; prunes entries of gone ones.
+    def live(self, user_id: str) -> list[str]:
+        """Ids of the user's existing sessions, oldest first; prunes entries of gone ones.
 
         Two round trips (three when something is pruned).
         """
-        entries = self.entries(user_id)
+        entries = _decoded(self._client.zrange(self.key(user_id), 0, -1))
         if not entries:
             return []
         with self._client.pipeline(transaction=False) as pipe:
-            for session_id, _created in entries:
+            for session_id in entries:
                 pipe.execute_command("EXISTS", self._session_prefix + session_id)
             present = [bool(found) for found in pipe.execute()]
-        self.remove(user_id, [session_id for (session_id, _), found in zip(entries, present, strict=True) if not found])
-        return [entry for entry, found in zip(entries, present, strict=True) if found]
+        self.remove(user_id, [session_id for session_id, found in zip(entries, present, strict=True) if not found])
+        return [session_id for session_id, found in zip(entries, present, strict=True) if found]
 
     def unlink_all(self, user_id: str, attempts: int, pause: Callable[[int], None]) -> int:
         """Remove every indexed session of the user and the index itself; returns how many sessions existed.
@@ -123,8 +240,7 @@ class RedisUserIndex:
             try:
                 with self._client.pipeline(transaction=True) as pipe:
                     pipe.watch(index_key)
-                    ids = [session_id for session_id, _ in _decoded(pipe.zrange(index_key, 0, -1, withscores=True))]
-                    inside, outside = self._split(ids, user_id)
+                    inside, outside = self._split(_decoded(pipe.zrange(index_key, 0, -1)), user_id)
                     pipe.multi()
                     for session_id in inside:
                         pipe.execute_command("UNLINK", self._session_prefix + session_id)
@@ -133,7 +249,7 @@ class RedisUserIndex:
                 return removed + self._unlink(outside)
             except WatchError as exc:
                 if lost_connection(exc):
-                    raise  # the store reports it as an outage
+                    raise  # the store reports it as an outage, outcome unknown
                 if attempt + 1 < attempts:
                     pause(attempt)
         raise UpdateConflict(f"delete_user_sessions lost to concurrent logins {attempts} times; nothing removed")
@@ -141,7 +257,7 @@ class RedisUserIndex:
     def trim(self, user_id: str, keep: int) -> list[str]:
         """Remove the user's oldest live sessions beyond the newest ``keep``; returns the ids removed."""
         live = self.live(user_id)
-        excess = [session_id for session_id, _created in live[: max(0, len(live) - keep)]]
+        excess = live[: max(0, len(live) - keep)]
         if excess:
             inside, outside = self._split(excess, user_id)
             with self._client.pipeline(transaction=True) as pipe:
@@ -164,14 +280,8 @@ class RedisUserIndex:
         return int(self._client.unlink(*[self._session_prefix + session_id for session_id in session_ids]))
 
 
-def _decoded(pairs: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
-    return [(member.decode("utf-8", "surrogateescape"), score) for member, score in pairs]
-
-
-def lost_connection(exc: WatchError) -> bool:
-    """redis-py reports a connection lost while keys are watched (the EXEC reply included) as a ``WatchError`` with the
-    real error as its context: that is not a lost race, and whether the ``EXEC`` ran is unknown."""
-    return isinstance(exc.__context__, (redis.ConnectionError, redis.TimeoutError))
+def _decoded(members: list[bytes]) -> list[str]:
+    return [member.decode("utf-8", "surrogateescape") for member in members]
 
 
 def _tag(user_id: str) -> str:

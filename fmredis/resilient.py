@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from redis.backoff import FullJitterBackoff
+
 from fmredis.breaker import CircuitBreaker
+from fmredis.checks import check_count, check_keys, check_seconds
 from fmredis.errors import SessionNotFound, StoreError, StoreUnavailable
-from fmredis.store import ISessionStore, SessionUpdate, check_keys
+from fmredis.store import ISessionStore, SessionUpdate
+from fmredis.ttl_rules import TTLRules
 
 __all__ = ["ResilientRedisSessionStore"]
 
@@ -26,7 +29,8 @@ def _default_factory() -> ISessionStore:
 
 
 class ResilientRedisSessionStore(ISessionStore):
-    """Wraps a store built by ``store_factory`` (default: ``RedisSessionStore()`` from the environment).
+    """Wraps a store: ``store``, either a store instance or a zero-argument factory that builds one (default:
+    ``RedisSessionStore()`` from the environment).
 
     - ``StoreUnavailable`` (connection refused or lost, timeout, pool exhausted) is retried up to ``attempts`` times
       in all, with exponential backoff and full jitter (``backoff_base * 2**n`` capped at ``backoff_cap``), never past
@@ -34,9 +38,11 @@ class ResilientRedisSessionStore(ISessionStore):
       past it. A caller therefore waits at most about ``deadline`` plus one attempt, and one attempt against a frozen
       server lasts ``socket_timeout x (1 + retry_attempts)`` of the client settings, plus a reconnect's handshake.
       Other errors are not retried.
-    - After ``rebuild_after`` consecutive connection failures the store (client and pool) is rebuilt with the factory:
-      one thread rebuilds while the others keep using the old store until the new one is complete, then the old
-      store is closed. The factory must build a store that owns its client.
+    - After ``rebuild_after`` consecutive connection failures the store (client and pool) is rebuilt: with the
+      factory, or for an instance with its ``rebuild()`` (:meth:`RedisSessionStore.rebuild`: a new client from the
+      settings it was built with, or its pool's connections closed); an instance without one is kept as it is. One
+      thread rebuilds while the others keep using the old store until the new one is complete, then the old store is
+      closed. A factory must build a store that owns its client.
     - A :class:`~fmredis.breaker.CircuitBreaker` (default: open after 5 consecutive failures, 5 s cool-down, then one
       probe) makes an outage fail fast: while it is open, calls raise ``StoreUnavailable`` at once.
 
@@ -58,7 +64,7 @@ class ResilientRedisSessionStore(ISessionStore):
 
     def __init__(
         self,
-        store_factory: Callable[[], ISessionStore] = _default_factory,
+        store: ISessionStore | Callable[[], ISessionStore] = _default_factory,
         *,
         attempts: int = 3,
         backoff_base: float = 0.05,
@@ -69,24 +75,26 @@ class ResilientRedisSessionStore(ISessionStore):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if type(attempts) is not int or attempts < 1:
-            raise ValueError(f"attempts must be an int of at least 1 (got {attempts!r})")
-        if type(rebuild_after) is not int or rebuild_after < 1:
-            raise ValueError(f"rebuild_after must be an int of at least 1 (got {rebuild_after!r})")
-        for name, value in (("backoff_base", backoff_base), ("backoff_cap", backoff_cap), ("deadline", deadline)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be a number of seconds >= 0 (got {value!r})")
-        self._factory = store_factory
+        self._attempts: int = check_count("attempts", attempts)  # type: ignore[assignment]
+        self._rebuild_after: int = check_count("rebuild_after", rebuild_after)  # type: ignore[assignment]
+        self._backoff = FullJitterBackoff(
+            cap=check_seconds("backoff_cap", backoff_cap), base=check_seconds("backoff_base", backoff_base)
+        )
+        self._deadline = check_seconds("deadline", deadline)
+        if isinstance(store, ISessionStore):
+            first: ISessionStore = store
+            self._factory: Callable[[], ISessionStore] = lambda: _rebuilt(self._current[0])
+        elif callable(store):
+            first, self._factory = store(), store
+            if not isinstance(first, ISessionStore):
+                raise TypeError(f"the store factory returned {type(first).__name__}, not an ISessionStore")
+        else:
+            raise TypeError(f"store must be an ISessionStore or a factory of one, not {type(store).__name__}")
         # (store, generation) published as one tuple: a reader never pairs one store with another's generation.
-        self._current: tuple[ISessionStore, int] = (store_factory(), 0)
+        self._current: tuple[ISessionStore, int] = (first, 0)
         self._consecutive_failures = 0
         self._last_failure: StoreUnavailable | None = None
         self._rebuild_lock = threading.Lock()
-        self._attempts = attempts
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._deadline = deadline
-        self._rebuild_after = rebuild_after
         self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
         self._clock = clock
         self._sleep = sleep
@@ -99,10 +107,12 @@ class ResilientRedisSessionStore(ISessionStore):
         """The store currently in use (replaced on a rebuild)."""
         return self._current[0]
 
+    @property
+    def ttl_rules(self) -> TTLRules:
+        return self._current[0].ttl_rules
+
     def close(self) -> None:
-        close = getattr(self._current[0], "close", None)
-        if close is not None:
-            close()
+        self._current[0].close()
 
     def _rebuild(self, generation: int) -> None:
         """Replace the store built at ``generation``; a no-op if another thread already replaced it."""
@@ -117,15 +127,15 @@ class ResilientRedisSessionStore(ISessionStore):
                 logger.warning("Could not rebuild the Redis client (%s); keeping the current one", exc)
                 return
             self._current = (replacement, generation + 1)  # complete before it is published
-            # Counters must not go back to zero on a rebuild: fold the old store's into the totals, and drop it (with
-            # its client and pool) once closed below. Calls still running on it may count after this: not included.
-            _add(self._retired_totals, old.stats())
+            if replacement is not old:
+                # Counters must not go back to zero on a rebuild: fold the old store's into the totals, and drop it
+                # (with its client and pool) once closed below. Calls still running on it may count after this.
+                _add(self._retired_totals, old.stats())
             self._consecutive_failures = 0
             self.rebuilds += 1
         logger.warning("Rebuilt the Redis client after %d consecutive connection failures", failures)
-        close = getattr(old, "close", None)
-        if close is not None:
-            close()  # idle connections only: calls still running on the old store finish there
+        if replacement is not old:
+            old.close()  # idle connections only: calls still running on the old store finish there
 
     def _call(self, operation: Callable[[ISessionStore], T], *, attempts: int | None = None) -> T:
         """Run ``operation`` on the current store, up to ``attempts`` times (default: the store's ``attempts``)."""
@@ -153,7 +163,7 @@ class ResilientRedisSessionStore(ISessionStore):
                 if self._consecutive_failures >= self._rebuild_after:
                     self._rebuild(generation)
                 attempt += 1
-                delay = random.uniform(0, min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1)))
+                delay = self._backoff.compute(attempt - 1)
                 now = self._clock()
                 # Give up if another attempt as slow as this one would end past the deadline: a frozen server makes
                 # each attempt last a full socket timeout, and the deadline is meant to bound the caller's wait.
@@ -179,8 +189,8 @@ class ResilientRedisSessionStore(ISessionStore):
             return self._call(lambda store: store.get(key, refresh=True))
         return self._call(lambda store: store.get(key))
 
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
-        self._call(lambda store: store.set(key, value, ttl))
+    def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
+        self._call(lambda store: store.set(key, value, ttl, stamp=stamp))
 
     def delete(self, key: str) -> bool:
         return self._call(lambda store: store.delete(key))
@@ -238,3 +248,9 @@ def _add(totals: dict[str, int], counters: dict[str, int]) -> None:
     """Add ``counters`` into ``totals``, name by name."""
     for name, value in counters.items():
         totals[name] = totals.get(name, 0) + value
+
+
+def _rebuilt(store: ISessionStore) -> ISessionStore:
+    """``store.rebuild()`` where the store has one (a Redis store), else the store itself."""
+    rebuild = getattr(store, "rebuild", None)
+    return rebuild() if callable(rebuild) else store

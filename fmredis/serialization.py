@@ -11,13 +11,14 @@ import orjson
 
 from fmredis.errors import SerializationError
 
-__all__ = ["CorruptSession", "decode_session", "encode_for_write", "encode_session", "parse_utc", "utc_now"]
+__all__ = ["CorruptSession", "decode_session", "encode_session", "parse_utc", "stamped", "utc_now"]
 
 _NULL = b"null"
 
 
 class CorruptSession(Exception):
-    """Stored bytes that are not a JSON object. Internal: stores turn it into a miss plus one warning."""
+    """Stored data that is not a JSON object (or, in Redis, a key of another type). Internal: the store core turns it
+    into a miss plus one warning."""
 
 
 def utc_now() -> datetime:
@@ -115,12 +116,7 @@ def decode_session(payload: bytes) -> dict[str, Any]:
     return value
 
 
-def encode_for_write(value: Any) -> bytes:
-    """What every store writes on ``set``: ``value`` with ``last_activity`` stamped now when it has none, encoded.
-
-    The caller's dict is never mutated (a stamped copy is made). Raises :class:`SerializationError` like
-    :func:`encode_session`.
-    """
-    if isinstance(value, dict) and "last_activity" not in value:
-        value = {**value, "last_activity": utc_now()}
-    return encode_session(value)
+def stamped(value: Any) -> Any:
+    """``value`` with ``last_activity`` set to now, as a new dict (the caller's is never mutated); anything that is no
+    dict is returned as it is, for :func:`encode_session` to refuse."""
+    return {**value, "last_activity": utc_now()} if isinstance(value, dict) else value

@@ -10,7 +10,6 @@ import pytest
 import redis
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
-from topology import RedisCluster3, SentinelSetup, TLSCerts, TLSRedis
 
 from fmredis import (
     FallbackSessionStore,
@@ -21,6 +20,7 @@ from fmredis import (
     create_redis_client,
 )
 from fmredis.client import RedisClient
+from tests.harness.topology import RedisCluster3, SentinelSetup, TLSCerts, TLSRedis
 
 # port=None: pytest-redis picks a free port; it binds 127.0.0.1 and also opens a unix socket in a temp folder.
 redis_server = factories.redis_proc(host="127.0.0.1", port=None)
@@ -54,8 +54,16 @@ def redis_store(client: redis.Redis) -> RedisSessionStore:
     return RedisSessionStore(client)
 
 
-#: The stores every contract test runs against (add new stores here).
-STORES = ["redis_store", "memory_store", "resilient_store", "fallback_store", "cluster_store", "sentinel_store"]
+#: The stores every contract test runs against (add new stores here). The topology stores carry their marker, so
+#: ``-m "not topology"`` never starts a cluster or sentinels.
+STORES = [
+    "redis_store",
+    "memory_store",
+    "resilient_store",
+    "fallback_store",
+    pytest.param("cluster_store", marks=pytest.mark.topology),
+    pytest.param("sentinel_store", marks=pytest.mark.topology),
+]
 
 
 @pytest.fixture

@@ -25,14 +25,14 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from faults import LOOPBACK
 from redis.cluster import RedisCluster
 from redis.connection import BlockingConnectionPool
 from redis.exceptions import ClusterCrossSlotError, ClusterDownError, RedisClusterException
-from topology import Address, NotReady, RedisCluster3, free_ports, make_client, wait_until
 
 from fmredis import RedisSessionStore, StoreError, StoreUnavailable, create_redis_client, diagnostics
 from fmredis.client import RedisClient
+from tests.harness.faults import LOOPBACK
+from tests.harness.topology import Address, NotReady, RedisCluster3, free_ports, make_client, wait_until
 
 pytestmark = pytest.mark.topology
 

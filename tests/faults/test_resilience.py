@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from faults import RedisProcess, TcpProxy
 
 from fmredis import RedisSessionStore, StoreUnavailable, create_redis_client
 from fmredis.breaker import CircuitBreaker
 from fmredis.fallback import FallbackSessionStore
 from fmredis.resilient import ResilientRedisSessionStore
+from tests.harness.faults import RedisProcess, TcpProxy
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(90)]
 

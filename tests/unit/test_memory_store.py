@@ -22,7 +22,7 @@ import pytest
 
 from fmredis import InvalidTTLError
 from fmredis.memory_store import InMemorySessionStore
-from fmredis.serialization import decode_session, encode_for_write
+from fmredis.serialization import decode_session, encode_session
 
 STAMP = {"last_activity": "2025-01-15T10:35:22.456Z"}  # a fixed stamp keeps expected values exact
 
@@ -372,13 +372,13 @@ def test_values_read_back_in_their_json_form_with_last_activity_stamped() -> Non
     assert "last_activity" not in value
 
 
-def test_the_stored_bytes_are_what_encode_for_write_produces() -> None:
+def test_the_stored_bytes_are_what_encode_session_produces() -> None:
     store = make(FakeClock())
     value = doc(a=[1, 2.5, None, True], b={"c": "d"})
-    store.set("k", value)
+    store.set("k", value, stamp=False)
     [(key, payload, _)] = store.items_snapshot()
     assert key == "k"  # no prefix
-    assert payload == encode_for_write(value) == orjson.dumps(value)
+    assert payload == encode_session(value) == orjson.dumps(value)
     assert decode_session(payload) == value
 
 

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from faults import LOOPBACK
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
-from topology import (
+
+from tests.harness.faults import LOOPBACK
+from tests.harness.topology import (
     Address,
     RedisCluster3,
     SentinelSetup,

@@ -40,9 +40,10 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import redis
-from faults import LOOPBACK
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from tests.harness.faults import LOOPBACK
 
 Address = tuple[str, int]
 T = TypeVar("T")

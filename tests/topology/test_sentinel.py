@@ -19,8 +19,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from faults import LOOPBACK
-from topology import SESSION_PREFIX, Address, SentinelSetup, WriteLoad, free_ports, make_client, unreadable
 
 from fmredis import (
     RedisSessionStore,
@@ -31,6 +29,16 @@ from fmredis import (
     diagnostics,
 )
 from fmredis.client import BlockingSentinelConnectionPool, RedisClient
+from tests.harness.faults import LOOPBACK
+from tests.harness.topology import (
+    SESSION_PREFIX,
+    Address,
+    SentinelSetup,
+    WriteLoad,
+    free_ports,
+    make_client,
+    unreadable,
+)
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(180)]
 

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from faults import LOOPBACK, RedisProcess, TcpProxy
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from tests.harness.faults import LOOPBACK, RedisProcess, TcpProxy
 
 SOCKET_TIMEOUT = 0.3
 

@@ -18,7 +18,6 @@ import pytest
 import redis
 from pytest_redis.executor import RedisExecutor
 from redis.exceptions import AuthenticationError, NoPermissionError
-from topology import TLSCerts, TLSRedis, temporary_acl_user
 
 from fmredis import (
     FallbackSessionStore,
@@ -31,6 +30,7 @@ from fmredis import (
     resolve_settings,
 )
 from fmredis.client import RedisClient
+from tests.harness.topology import TLSCerts, TLSRedis, temporary_acl_user
 
 topology = pytest.mark.topology
 tls_timeout = pytest.mark.timeout(120)
