@@ -1,6 +1,13 @@
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+
+# The version is written once, in the package; read as text, since importing fmredis needs its dependencies.
+_INIT = Path(__file__).with_name("fmredis") / "__init__.py"
+_VERSION = re.search(r"^__version__ = [\"']([^\"']+)[\"']$", _INIT.read_text(encoding="utf-8"), flags=re.MULTILINE)
+if _VERSION is None:
+    raise RuntimeError(f'no __version__ = "..." line in {_INIT}')
 
 SUITE_DEPS = [
     "pytest>=8",
@@ -14,7 +21,7 @@ SUITE_DEPS = [
 
 setup(
     name="fmredis",
-    version="0.1.0",
+    version=_VERSION.group(1),
     description="A synchronous, thread-safe Redis session store with minimal per-operation overhead",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

@@ -6,7 +6,7 @@ taking the median of the per-round ratios cancels that drift. The stores run wit
 that answers at once, and the memory store), so what is timed is the store's own CPU per call, where a counter's cost
 would show; a loopback round trip (~100 us) would hide it.
 
-    python benchmarks/counters.py          # about 20 s; writes benchmarks/results/counters.json
+    python -m benchmarks.counters          # about 20 s; writes benchmarks/results/counters.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import redis
@@ -31,19 +31,18 @@ KEY = "counted"
 PAYLOAD = orjson.dumps(SEED_SESSION)
 
 
-class CannedClient:
-    """Answers every command at once with a stored session's bytes."""
+class CannedClient(redis.Redis):
+    """A redis-py client that never connects: every command is answered at once with a stored session's bytes (a
+    RedisSessionStore takes nothing but a redis.Redis or RedisCluster)."""
 
-    connection_pool = None
-
-    def execute_command(self, *args: Any) -> bytes:
+    def execute_command(self, *args: Any, **options: Any) -> bytes:
         return PAYLOAD
 
 
 def stores(counters: bool) -> dict[str, ISessionStore]:
     memory = InMemorySessionStore(counters=counters)
     memory.set(KEY, SEED_SESSION)
-    return {"redis": RedisSessionStore(cast(redis.Redis, CannedClient()), counters=counters), "memory": memory}
+    return {"redis": RedisSessionStore(CannedClient(), counters=counters), "memory": memory}
 
 
 def operations(store: ISessionStore) -> dict[str, Callable[[], object]]:

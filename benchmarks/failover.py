@@ -1,6 +1,6 @@
 """What callers see when the Redis master behind Sentinel changes, with the library's default settings.
 
-Against a Sentinel setup of its own on 127.0.0.1 (tests/topology.py: a master, a replica, three sentinels with
+Against a Sentinel setup of its own on 127.0.0.1 (tests/harness/sentinel.py: a master, a replica, three sentinels with
 down-after-milliseconds 1000), 4 writer threads each loop: ``set`` a new session key, ``get`` it back, pause 5 ms. Two
 faults, each once through ``ResilientRedisSessionStore(lambda: RedisSessionStore(client))`` and once through a bare
 ``RedisSessionStore(client)``:
@@ -16,7 +16,7 @@ serving the new master); the longest gap between successful writes; errors seen 
 redis-py error or "breaker open" behind a StoreUnavailable); acknowledged writes that the master does not hold
 afterwards; caller wait p50/p99/max of the calls started between the fault and that first write on the new master.
 
-    python benchmarks/failover.py            # about 40 s; writes benchmarks/results/failover.json
+    python -m benchmarks.failover            # about 40 s; writes benchmarks/results/failover.json
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from typing import Any
 
 from benchmarks.outage import percentiles  # the same caller-wait summary as the outage figures
 from fmredis import RedisSessionStore, ResilientRedisSessionStore, create_redis_client, diagnostics
-from tests.harness.topology import SentinelSetup, WriteLoad, unreadable
+from tests.harness.loads import WriteLoad, unreadable
+from tests.harness.sentinel import SentinelSetup
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAULTS = ("sentinel_failover", "sigkill_master")

@@ -8,7 +8,7 @@ Against a redis-server of its own on 127.0.0.1 (AOF on, so acknowledged writes s
 2. SIGSTOP: a ResilientRedisSessionStore (socket timeout 1 s) while the server is frozen: waits per call before and
    after the breaker opens.
 
-    python benchmarks/outage.py            # about 30 s; writes benchmarks/results/outage.json
+    python -m benchmarks.outage            # about 30 s; writes benchmarks/results/outage.json
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fmredis import (
     StoreUnavailable,
     create_redis_client,
 )
-from tests.harness.faults import RedisProcess
+from tests.harness.servers import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,7 +54,7 @@ def factory(url: str, socket_timeout: float = 5.0) -> Any:
 
 
 def kill_under_load(down: float, threads: int = 8) -> dict[str, Any]:
-    with RedisProcess(persistent=True) as server:
+    with RedisServer(persistent=True) as server:
         store = FallbackSessionStore(ResilientRedisSessionStore(factory(server.url)))
         stop = threading.Event()
         outage = threading.Event()
@@ -116,7 +116,7 @@ def kill_under_load(down: float, threads: int = 8) -> dict[str, Any]:
 
 
 def freeze(calls: int = 12) -> dict[str, Any]:
-    with RedisProcess() as server:
+    with RedisServer() as server:
         store = ResilientRedisSessionStore(factory(server.url, socket_timeout=1.0))
         store.set("k", {"v": 1})
         server.freeze()

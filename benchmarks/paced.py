@@ -11,9 +11,9 @@ the same redis-server, under the same production logging setup (INFO, JSON lines
 The paths run in interleaved segments (rotating order), so machine noise shows up in every path. CPU is the process's
 CPU seconds per wall second; logging overhead is a path's CPU minus the baseline's.
 
-    python benchmarks/paced.py                  # 20 s per path in 4 segments each, results under benchmarks/results
-    python benchmarks/paced.py --smoke          # a few seconds, for CI
-    REDIS_URL=redis://127.0.0.1:6379/0 python benchmarks/paced.py   # another server (keys under fmredis-paced:)
+    python -m benchmarks.paced                  # 20 s per path in 4 segments each, results under benchmarks/results
+    python -m benchmarks.paced --smoke          # a few seconds, for CI
+    REDIS_URL=redis://127.0.0.1:6379/0 python -m benchmarks.paced   # another server (keys under fmredis-paced:)
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ import redis
 
 from benchmarks.legacy_client import RedisClient, production_logging, request_scope
 from fmredis import RedisSessionStore, create_redis_client, diagnostics
+from tests.harness.servers import RedisServer, TopologyError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = "fmredis-paced:"
@@ -132,32 +132,18 @@ def summarize(segments: list[dict[str, Any]]) -> dict[str, Any]:
 
 @contextmanager
 def redis_url_for_run() -> Iterator[str]:
-    """REDIS_URL when set, else a throwaway redis-server on 127.0.0.1 (pytest-redis's executor), stopped afterwards."""
+    """REDIS_URL when set, else a throwaway redis-server on 127.0.0.1 (the harness's), stopped afterwards."""
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    import shutil
-
-    from port_for import get_port
-    from pytest_redis.executor import RedisExecutor
-
-    executable = shutil.which("redis-server")
-    if executable is None:
-        sys.exit("redis-server is not installed (Debian: apt-get install redis-server), and REDIS_URL is not set")
-    port = get_port(None)
-    assert port is not None
-    with tempfile.TemporaryDirectory(prefix="fmredis-paced-") as datadir:
-        executor = RedisExecutor(
-            executable,
-            databases=1,
-            redis_timeout=30,
-            loglevel="warning",
-            host="127.0.0.1",
-            port=port,
-            datadir=Path(datadir),
-        )
-        with executor:
-            yield f"redis://127.0.0.1:{port}/0"
+    try:
+        server = RedisServer("paced").start()
+    except TopologyError as exc:
+        sys.exit(f"{exc}; or set REDIS_URL")
+    try:
+        yield server.url
+    finally:
+        server.close()
 
 
 def run(

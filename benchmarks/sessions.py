@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-# The design document's session shape. created_at is an hour before the run (in the document's "Z" form) so the
-# stores' default 24-hour lifetime cap keeps it.
+# The design document's session shape. created_at is an hour before the run (in the document's "Z" form), so that a
+# store built with a lifetime cap (max_lifetime: off by default, typically 86,400 s) keeps it too. last_activity is
+# the document's: every set() replaces it with the time of the write (set(..., stamp=False) keeps it).
 SEED_SESSION: dict[str, Any] = {
     "user_id": "user_123",
     "created_at": (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(timespec="milliseconds")[:-6] + "Z",
@@ -39,3 +40,11 @@ def conversation_context(target_bytes: int = 50_000) -> dict[str, Any]:
         )
         i += 1
     return {**SEED_SESSION, "conversation": messages}
+
+
+def written_by_set(found: dict[str, Any] | None, sent: dict[str, Any]) -> bool:
+    """Whether ``found`` is ``sent`` as a store's set() wrote it: the same document but for last_activity, which the
+    store stamped with the time of the write."""
+    if found is None or found.get("last_activity") in (None, sent.get("last_activity")):
+        return False
+    return {**found, "last_activity": None} == {**sent, "last_activity": None}

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/failover.py: it runs end to end with short settings and writes both scenarios."""
+"""Smoke test of ``python -m benchmarks.failover``: it runs end to end with short settings and writes both scenarios."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent / "failover.py"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: `-m benchmarks.failover` imports from there
 
 
 @pytest.mark.topology
 @pytest.mark.timeout(240)
 def test_failover_script_writes_both_scenarios(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--warmup", "0.3", "--settle", "0.2"],
+        [sys.executable, "-m", "benchmarks.failover", "--out", str(tmp_path), "--warmup", "0.3", "--settle", "0.2"],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=200,

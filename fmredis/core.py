@@ -4,19 +4,19 @@ The base owns input checks, TTL rules and the lifetime cap (:class:`~fmredis.ttl
 encoding and decoding, corrupt-data handling, refresh, the optimistic retry loop of ``update`` and ``regenerate``,
 ``create``'s id and per-user cap, the counters, events and ``close``. A backend implements the primitives below on
 bytes and already-checked keys (as redis-py's ``Lock.acquire`` loops and calls ``do_acquire``), and translates its own
-failures into fmredis errors.
+failures into fmredis errors (:mod:`fmredis.backend` lists the primitives).
 """
 
 from __future__ import annotations
 
-import abc
 import time
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
-from typing import Any, Protocol, TypeVar
+from datetime import datetime, timezone
+from typing import Any, TypeVar
 
 from redis.backoff import FullJitterBackoff
 
+from fmredis.backend import StoreBackend, Transaction
 from fmredis.checks import check_count, check_key, check_keys, check_user_id
 from fmredis.counters import CONFLICTS, DELETED_FOR_USER, HITS, MISSES, OPS, StoreCounters
 from fmredis.errors import SessionNotFound, StoreError, UpdateConflict
@@ -25,25 +25,25 @@ from fmredis.lifecycle import (
     events,
     expired,
     new_session_document,
-    new_session_id,
     owner_of,
     report_corrupt,
     report_created,
     report_regenerated,
     session_ref,
 )
-from fmredis.serialization import CorruptSession, decode_session, encode_session, parse_utc, stamped, utc_now
+from fmredis.serialization import CorruptSession, decode_session, encode_session, parse_utc, utc_now
 from fmredis.store import ISessionStore, SessionUpdate
 from fmredis.ttl_policy import SessionTTLManager
 from fmredis.ttl_rules import TTLRules
 
-__all__ = ["SessionStoreBase", "Transaction", "conflict_pause"]
+__all__ = ["SessionStoreBase", "conflict_pause"]
 
 T = TypeVar("T")
 
 # Full jitter, 1 ms doubling per attempt, at most 100 ms: updaters that keep colliding (a slow fn) spread out instead
 # of retrying in lockstep.
 _CONFLICT_BACKOFF = FullJitterBackoff(cap=0.1, base=0.001)
+_now, _UTC = datetime.now, timezone.utc
 
 
 def conflict_pause(attempt: int) -> None:
@@ -51,26 +51,7 @@ def conflict_pause(attempt: int) -> None:
     time.sleep(_CONFLICT_BACKOFF.compute(attempt))
 
 
-class Transaction(Protocol):
-    """One optimistic attempt on one session, opened by :meth:`SessionStoreBase._transaction`.
-
-    ``read`` returns the stored bytes (``None`` if missing; raises ``CorruptSession`` for data of another type). The
-    commit methods write only if nobody wrote the session since ``read`` and return ``False`` if someone did (the
-    attempt lost the race, nothing was written). A commit whose outcome is unknown (the connection was lost around it)
-    raises ``StoreUnavailable``: it is never retried, since a retry could apply the change twice.
-    """
-
-    def read(self) -> bytes | None: ...
-
-    def write(self, payload: bytes, seconds: int) -> bool:
-        """Replace the session (``seconds`` 0: remove it, it is past its lifetime)."""
-
-    def move(self, new_id: str, payload: bytes, seconds: int, user_id: str | None, created: float) -> bool:
-        """Store ``payload`` under ``new_id`` (unless ``seconds`` is 0) and remove the session read, in one step; the
-        user's index follows. ``False`` also when ``new_id`` is taken (nothing written either way)."""
-
-
-class SessionStoreBase(ISessionStore):
+class SessionStoreBase(StoreBackend, ISessionStore):
     """The shared core of :class:`~fmredis.RedisSessionStore` and :class:`~fmredis.InMemorySessionStore`.
 
     Options every store takes: ``default_ttl``, ``max_ttl``, ``ttl_policy`` and ``max_lifetime`` (see
@@ -104,82 +85,16 @@ class SessionStoreBase(ISessionStore):
         self._op, self._hit, self._miss = counted.tick[OPS], counted.tick[HITS], counted.tick[MISSES]
         self._closed = False
 
-    # --- what each backend supplies ----------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        rules = self._rules
+        return (
+            f"{type(self).__name__}({self._repr_fields()}, default_ttl={rules.default_ttl}, max_ttl={rules.max_ttl}, "
+            f"max_lifetime={rules.max_lifetime})"
+        )
 
-    @abc.abstractmethod
-    def _read(self, key: str) -> bytes | None:
-        """The bytes stored under ``key``, or ``None``; ``CorruptSession`` for data of another type."""
-
-    def _peek(self, key: str) -> bytes | None:
-        """Like :meth:`_read`, for ``exists``: a backend with a recency order leaves it alone here."""
-        return self._read(key)
-
-    @abc.abstractmethod
-    def _write(self, key: str, payload: bytes, seconds: int) -> None:
-        """Store ``payload`` under ``key`` for ``seconds`` (>= 1)."""
-
-    @abc.abstractmethod
-    def _remove(self, key: str) -> bool:
-        """Remove ``key``; whether it existed."""
-
-    @abc.abstractmethod
-    def _read_with_ttl(self, key: str) -> tuple[bytes | None, int]:
-        """The bytes under ``key`` and its remaining seconds (``-1``: no expiry), read together."""
-
-    @abc.abstractmethod
-    def _read_and_expire(self, key: str, seconds: int) -> bytes | None:
-        """The bytes under ``key``, its expiry restarted at ``seconds`` in the same step."""
-
-    @abc.abstractmethod
-    def _expire(self, key: str, seconds: int) -> None:
-        """Set the expiry of ``key`` to ``seconds`` (>= 1) if it exists."""
-
-    @abc.abstractmethod
-    def _read_many(self, keys: list[str]) -> list[bytes | None]:
-        """The bytes under each key, in order (``None`` for missing ones and data of another type)."""
-
-    @abc.abstractmethod
-    def _remove_many(self, keys: list[str]) -> int:
-        """Remove the keys; how many existed."""
-
-    @abc.abstractmethod
-    def _transaction(self, what: str, key: str) -> AbstractContextManager[Transaction]:
-        """An optimistic attempt on ``key`` (``what`` names the public call, for error messages)."""
-
-    def _new_id(self, user_id: str) -> str:
-        """A fresh id for a session of ``user_id`` (a cluster tags it into the user's slot)."""
-        return new_session_id()
-
-    def _successor_id(self, session_id: str) -> str:
-        """A fresh id to move ``session_id`` to (a cluster tags it into the same slot)."""
-        return new_session_id()
-
-    @abc.abstractmethod
-    def _insert(self, session_id: str, payload: bytes, seconds: int, user_id: str, created: float) -> int | None:
-        """Store a new session and its index entry together, or nothing; the user's number of index entries after
-        it, or ``None`` if ``session_id`` is taken."""
-
-    @abc.abstractmethod
-    def _trim_user(self, user_id: str, keep: int) -> list[str]:
-        """Remove the user's oldest live sessions beyond the newest ``keep``; the ids removed."""
-
-    @abc.abstractmethod
-    def _user_sessions(self, user_id: str) -> list[str]:
-        """Ids of the user's live indexed sessions, oldest first (entries of gone sessions pruned)."""
-
-    @abc.abstractmethod
-    def _remove_user(self, user_id: str) -> int:
-        """Remove every indexed session of the user and the index; how many sessions were live."""
-
-    def _close(self) -> None:
-        """Release what the backend holds (called once, by :meth:`close`)."""
-
-    #: Whether the backend's user indexes expire on their own, so that :meth:`_keep_index` must hear of every new TTL
-    #: an indexed session gets (a Redis store without a lifetime cap).
-    _indexes_expire = False
-
-    def _keep_index(self, user_id: str, seconds: int) -> None:
-        """A session of ``user_id`` was just given ``seconds`` more: keep the user's index alive at least that long."""
+    def _repr_fields(self) -> str:
+        """What the backend adds to the repr (never a secret)."""
+        return ""
 
     # --- shared rules ------------------------------------------------------------------------------------------------
 
@@ -222,8 +137,8 @@ class SessionStoreBase(ISessionStore):
             return None
 
     def _indexed_for(self, session: dict[str, Any], seconds: int) -> None:
-        owner = owner_of(session)
-        if owner is not None:
+        owner = session.get("user_id")
+        if type(owner) is str and owner:  # owner_of() inlined: every set without a lifetime cap comes here
             self._keep_index(owner, seconds)
 
     def _load(self, key: str, read: Callable[..., bytes | None], *args: Any) -> dict[str, Any] | None:
@@ -253,8 +168,8 @@ class SessionStoreBase(ISessionStore):
     def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
         """See :meth:`ISessionStore.set`."""
         check_key(key)
-        if stamp:
-            value = stamped(value)
+        if stamp and type(value) is dict:
+            value = {**value, "last_activity": _now(_UTC)}  # stamped() inlined: the hot path
         payload = encode_session(value)
         seconds = self._rules.for_write(ttl, value, stamped=stamp)
         if seconds:

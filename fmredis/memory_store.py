@@ -11,8 +11,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
+from fmredis.backend import Transaction
 from fmredis.checks import check_count
-from fmredis.core import SessionStoreBase, Transaction
+from fmredis.core import SessionStoreBase
 from fmredis.ttl_policy import SessionTTLManager
 
 __all__ = ["InMemorySessionStore"]
@@ -103,12 +104,8 @@ class InMemorySessionStore(SessionStoreBase):
         self._users: dict[str, dict[str, float]] = {}
         self._indexed = 0  # index entries, all users together
 
-    def __repr__(self) -> str:
-        rules = self._rules
-        return (
-            f"{type(self).__name__}(default_ttl={rules.default_ttl}, max_ttl={rules.max_ttl}, "
-            f"max_entries={self._max_entries})"
-        )
+    def _repr_fields(self) -> str:
+        return f"max_entries={self._max_entries}"
 
     @property
     def max_entries(self) -> int:

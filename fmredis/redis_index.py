@@ -83,7 +83,7 @@ class RedisUserIndex:
       with ``delete``): such a session is never returned, and the set does not grow without bound.
     - The key's own expiry stays past the end of every session it lists. With a lifetime cap, every write of an entry
       sets it to the newest session's cap plus one ``max_ttl`` (what a refresh can overshoot the cap by if its capping
-      command is lost). Without one a session can slide for ever, so the store calls :meth:`keep_alive` whenever it
+      command is lost). Without one a session can slide for ever, so the store calls :meth:`keep_alive_due` whenever it
       gives an indexed session a new TTL; a per-process note of how far it last pushed each key keeps that to about
       one ``EXPIREAT`` per user per ``max_ttl``.
 
@@ -116,29 +116,33 @@ class RedisUserIndex:
         # user_id -> epoch second this process last pushed the index's expiry to (keep_alive). A note that is stale
         # (the index was deleted and made again since) is still safe: a new index expires later than any note made
         # before it, since both are "now + about two max_ttl" and the note is older.
-        self._kept: dict[str, int] = {}
+        self.kept: dict[str, int] = {}
 
     def _expire_at(self, created: float) -> int:
         """When the index must expire at the earliest, for an entry written now of a session created at ``created``."""
         end = created + self._lifetime if self._lifetime is not None else time.time() + self._max_ttl
         return int(end) + self._max_ttl + 1
 
-    def keep_alive(self, user_id: str, seconds: int) -> None:
-        """Make sure the user's index outlives a session of the user that was just given ``seconds`` more (only
-        needed without a lifetime cap; one ``EXPIREAT ... GT`` at most about once per ``max_ttl``)."""
+    def keep_alive_due(self, user_id: str, seconds: int) -> int | None:
+        """The expiry to push the user's index to (:meth:`push_expiry`) so that it outlives a session of the user just
+        given ``seconds`` more, or ``None`` if this process already pushed it far enough (only needed without a
+        lifetime cap; due about once per ``max_ttl``). No round trip."""
         until = time.time() + seconds
-        if self._kept.get(user_id, 0) >= until:
-            return
-        expire_at = int(until) + self._max_ttl + 1
+        if self.kept.get(user_id, 0) >= until:
+            return None
+        return int(until) + self._max_ttl + 1
+
+    def push_expiry(self, user_id: str, expire_at: int) -> None:
+        """``EXPIREAT ... GT``: move the index's expiry later, never earlier (a missing index stays missing)."""
         self._client.execute_command("EXPIREAT", self.key(user_id), expire_at, "GT")
         self._noted(user_id, expire_at)
 
     def _noted(self, user_id: str, expire_at: int) -> None:
         """Remember that the user's index expires at ``expire_at`` or later (it was just pushed there)."""
         if self._lifetime is None:
-            if len(self._kept) >= _KEPT_NOTES:  # bounded: forgetting only costs an EXPIREAT more
-                self._kept.clear()
-            self._kept[user_id] = expire_at
+            if len(self.kept) >= _KEPT_NOTES:  # bounded: forgetting only costs an EXPIREAT more
+                self.kept.clear()
+            self.kept[user_id] = expire_at
 
     def key(self, user_id: str) -> str:
         return self._index_prefix + _tag(user_id) + user_id if self._cluster else self._index_prefix + user_id

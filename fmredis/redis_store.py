@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,9 +11,10 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import WatchError
 
+from fmredis.backend import Transaction
 from fmredis.client import RedisClient, create_redis_client
 from fmredis.config import RedisSettings, resolve_settings
-from fmredis.core import SessionStoreBase, Transaction, conflict_pause
+from fmredis.core import SessionStoreBase, conflict_pause
 from fmredis.redis_errors import lost_connection, redis_call
 from fmredis.redis_index import RedisUserIndex
 from fmredis.ttl_policy import SessionTTLManager
@@ -28,6 +30,7 @@ _SET = redis_call("SET")
 _UNLINK = redis_call("UNLINK")
 _EXPIRE = redis_call("EXPIRE")
 _MGET = redis_call("MGET")
+_EXPIREAT = redis_call("EXPIREAT")
 
 
 class RedisSessionStore(SessionStoreBase):
@@ -39,10 +42,11 @@ class RedisSessionStore(SessionStoreBase):
     same for a client passed in. Needs Redis >= 7.0.
 
     Round trips: one per call for get/set/delete/exists/ttl/get_many and for a refreshing get, touch or extend_ttl
-    (``GETEX``; a second one only when the refresh is cut short by a lifetime cap, or about once a day per user to
-    keep a user index alive); ``delete_many`` one per ``batch_size`` keys; ``update`` three per attempt (``WATCH``,
-    ``GET``, then ``MULTI``...``EXEC``); ``create`` one script; ``regenerate`` three; the other user-index calls two to
-    four. All methods are thread-safe.
+    (``GETEX``; a second one when a refresh is cut short by a lifetime cap); ``delete_many`` one per ``batch_size``
+    keys; ``update`` three per attempt (``WATCH``, ``GET``, then ``MULTI``...``EXEC``); ``create`` one script;
+    ``regenerate`` three; the other user-index calls two to four. Without a lifetime cap, a write or refresh of a
+    session with a ``user_id`` adds one ``EXPIREAT`` on the user's index when this process has not pushed that index's
+    expiry far enough yet (about once per user per ``max_ttl``; a ``create`` counts). All methods are thread-safe.
 
     Failures raise :class:`~fmredis.errors.StoreUnavailable` (unreachable, timed out) or
     :class:`~fmredis.errors.StoreError` (the server's reason in the message; see :mod:`fmredis.redis_errors`).
@@ -65,13 +69,16 @@ class RedisSessionStore(SessionStoreBase):
         batch_size: int = 1000,
         counters: bool = True,
         owns_client: bool | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if isinstance(client, (str, bytes)):
             raise TypeError(
                 "RedisSessionStore() takes a redis-py client, not a URL: use RedisSessionStore.from_url(url)"
             )
-        if client is not None and not isinstance(client, (redis.Redis, RedisCluster)):
-            raise TypeError(f"client must be a redis.Redis or RedisCluster, not {type(client).__name__}")
+        if client is not None and not callable(getattr(client, "execute_command", None)):
+            raise TypeError(
+                f"client must be a redis-py client (redis.Redis, RedisCluster), not {type(client).__name__}"
+            )
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         if type(batch_size) is not int or batch_size < 1:
@@ -84,6 +91,7 @@ class RedisSessionStore(SessionStoreBase):
             max_sessions_per_user=max_sessions_per_user,
             update_attempts=update_attempts,
             counters=counters,
+            wall_clock=wall_clock,
         )
         self._options: dict[str, Any] = {
             "prefix": prefix,
@@ -95,6 +103,7 @@ class RedisSessionStore(SessionStoreBase):
             "update_attempts": update_attempts,
             "batch_size": batch_size,
             "counters": counters,
+            "wall_clock": wall_clock,
         }
         self._settings: RedisSettings | None = None
         self._owns_client = client is None if owns_client is None else owns_client
@@ -118,6 +127,7 @@ class RedisSessionStore(SessionStoreBase):
             cluster=self._cluster,
         )
         self._indexes_expire = max_lifetime is None
+        self._kept = self._index.kept
 
     @classmethod
     def from_url(cls, url: str, **store_options: Any) -> RedisSessionStore:
@@ -143,11 +153,8 @@ class RedisSessionStore(SessionStoreBase):
             self._client.connection_pool.disconnect()
         return self
 
-    def __repr__(self) -> str:
-        rules = self._rules
-        return (
-            f"{type(self).__name__}(prefix={self._prefix!r}, default_ttl={rules.default_ttl}, max_ttl={rules.max_ttl})"
-        )
+    def _repr_fields(self) -> str:
+        return f"prefix={self._prefix!r}"
 
     @property
     def client(self) -> RedisClient:
@@ -251,8 +258,12 @@ class RedisSessionStore(SessionStoreBase):
             return self._index.unlink_all(user_id, self._update_attempts, conflict_pause)
 
     def _keep_index(self, user_id: str, seconds: int) -> None:
-        with redis_call("EXPIREAT"):
-            self._index.keep_alive(user_id, seconds)
+        if self._kept.get(user_id, 0) >= time.time() + seconds:  # keep_alive_due's check inlined: most sets stop here
+            return
+        expire_at = self._index.keep_alive_due(user_id, seconds)
+        if expire_at is not None:
+            with _EXPIREAT:
+                self._index.push_expiry(user_id, expire_at)
 
 
 class _WatchedSession:

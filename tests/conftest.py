@@ -19,6 +19,7 @@ from fmredis import (
     ResilientRedisSessionStore,
     create_redis_client,
 )
+from tests.fakes import FakeClock
 from tests.harness.options import store_options
 
 # The topology fixtures (cluster, sentinel, TLS and the stores on them) live with the harness.
@@ -75,17 +76,23 @@ def memory_store(request: pytest.FixtureRequest) -> InMemorySessionStore:
 
 @pytest.fixture
 def resilient_store(redis_store: RedisSessionStore) -> ResilientRedisSessionStore:
-    return ResilientRedisSessionStore(lambda: redis_store)
+    return ResilientRedisSessionStore(redis_store)
 
 
 @pytest.fixture
 def fallback_store(redis_store: RedisSessionStore) -> FallbackSessionStore:
-    return FallbackSessionStore(ResilientRedisSessionStore(lambda: redis_store))
+    return FallbackSessionStore(ResilientRedisSessionStore(redis_store))
 
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest) -> ISessionStore:
     return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake monotonic clock for the ``clock=`` of the store or wrapper under test (tests/fakes.py)."""
+    return FakeClock()
 
 
 class _Records(logging.Handler):

@@ -4,7 +4,7 @@ regenerate, the per-user index, counters), run against each store (the ``store``
 Nothing here waits for time to pass (four stores times a one-second TTL would double the file's run time): expiry,
 and a stored session reaching its lifetime, are left to the store-specific suites, which can inject a clock. So is the
 TTL policy: the ``store`` fixture's stores are built without one (test_redis_lifecycle.py and test_ttl_policy.py build
-their own).
+their own). The lifetime cap is off by default; the tests of it turn it on with the ``store_options`` marker.
 """
 
 from __future__ import annotations
@@ -27,14 +27,19 @@ from fmredis import (
     InvalidTTLError,
     ISessionStore,
     SerializationError,
+    SessionExpired,
     SessionNotFound,
 )
+from fmredis.lifecycle import session_ref
 
-MAX_TTL = 86_400  # every store under test (the ``store`` fixture in conftest.py) has the default max_ttl,
-DEFAULT_TTL = 1800  # default_ttl
-MAX_LIFETIME = 86_400  # and max_lifetime
+MAX_TTL = 86_400  # every store under test (the ``store`` fixture in conftest.py) has the default max_ttl
+DEFAULT_TTL = 1800  # and default_ttl
+MAX_LIFETIME = 86_400  # the lifetime the tests of the cap turn on (it is off by default)
+#: Builds every store of a test with the lifetime cap on.
+LIFETIME_CAP = pytest.mark.store_options(max_lifetime=MAX_LIFETIME)
 ID_LENGTH = 43  # 256 random bits, URL-safe base64
 SLACK = timedelta(seconds=1)  # clock and round-trip allowance when checking that a stamp is "now"
+OLD_STAMP = "2025-01-15T10:35:22.456Z"  # a last_activity long past
 
 BAD_USER_IDS: list[Any] = [None, b"bytes", "", "u" * (MAX_KEY_LENGTH + 1), 42, ("a",)]
 BAD_KEYS: list[Any] = [None, b"bytes-key", "", "k" * (MAX_KEY_LENGTH + 1), 42]
@@ -205,6 +210,7 @@ def test_lifecycle_methods_refuse_bad_keys(store: ISessionStore) -> None:
 # --- the lifetime cap -----------------------------------------------------------------------------------------------
 
 
+@LIFETIME_CAP
 @pytest.mark.parametrize("form", CREATED_AT_FORMS)
 def test_lifetime_cap_counts_every_created_at_form(store: ISessionStore, form: str) -> None:
     doc = {"user_id": "u", "created_at": stamp(near_cap(30), form)}
@@ -281,6 +287,7 @@ CAPPED_OPERATIONS = [
 ]
 
 
+@LIFETIME_CAP
 @pytest.mark.parametrize("operation", CAPPED_OPERATIONS, ids=lambda op: op.__name__.lstrip("_"))
 def test_every_write_and_refresh_is_cut_to_the_lifetime_left(
     store: ISessionStore, operation: Callable[[ISessionStore, str], str]
@@ -290,6 +297,7 @@ def test_every_write_and_refresh_is_cut_to_the_lifetime_left(
     assert 25 <= ttl_of(store, key) <= 30
 
 
+@LIFETIME_CAP
 def test_extend_ttl_is_cut_to_the_lifetime_like_touch(store: ISessionStore) -> None:
     store.set("k", {"user_id": "u", "created_at": stamp(near_cap(30), "aware")}, ttl=5)
     assert store.extend_ttl("k", ttl=MAX_TTL) is True
@@ -309,15 +317,17 @@ def test_extend_ttl_of_a_missing_session_is_false_and_creates_nothing(store: ISe
     assert store.exists("missing") is False
 
 
+@LIFETIME_CAP
 @pytest.mark.parametrize("form", CREATED_AT_FORMS)
-def test_set_past_the_lifetime_raises_session_not_found_and_leaves_no_session(store: ISessionStore, form: str) -> None:
+def test_set_past_the_lifetime_raises_session_expired_and_leaves_no_session(store: ISessionStore, form: str) -> None:
     for ttl in (None, 60):
         store.set("k", {"user_id": "u"})  # a session there already is removed, not kept
         value = {"user_id": "u", "created_at": stamp(near_cap(-60), form)}
         pristine = copy.deepcopy(value)
-        with pytest.raises(SessionNotFound) as info:
+        with pytest.raises(SessionExpired) as info:
             store.set("k", value, ttl=ttl)
-        assert isinstance(info.value, KeyError)
+        assert isinstance(info.value, SessionNotFound) and isinstance(info.value, KeyError)
+        assert str(info.value).startswith(f"Session {session_ref('k')} has passed its lifetime")  # no KeyError quotes
         assert value == pristine
         assert store.get("k") is None
         assert store.exists("k") is False
@@ -328,8 +338,9 @@ def test_set_past_the_lifetime_raises_session_not_found_and_leaves_no_session(st
         assert store.exists("k") is False
 
 
+@LIFETIME_CAP
 def test_set_past_the_lifetime_of_a_missing_key_raises_and_creates_nothing(store: ISessionStore) -> None:
-    with pytest.raises(SessionNotFound):
+    with pytest.raises(SessionExpired):
         store.set("never", {"user_id": "u", "created_at": stamp(near_cap(-60), "aware")})
     assert store.exists("never") is False
     assert store.ttl("never") is None
@@ -337,6 +348,7 @@ def test_set_past_the_lifetime_of_a_missing_key_raises_and_creates_nothing(store
     assert store.exists("never") is True
 
 
+@LIFETIME_CAP
 @pytest.mark.parametrize("doc", [{"user_id": "u"}, {"user_id": "u", "created_at": "not a date"}], ids=["none", "junk"])
 def test_a_session_without_a_readable_created_at_is_not_capped(store: ISessionStore, doc: dict[str, Any]) -> None:
     store.set("k", doc, ttl=MAX_TTL)
@@ -354,11 +366,69 @@ def test_a_session_without_a_readable_created_at_is_not_capped(store: ISessionSt
     assert ttl_of(store, "old") <= MAX_LIFETIME - 3600
 
 
+#: What each write and refresh of CAPPED_OPERATIONS gives a session when no lifetime cap cuts it.
+UNCAPPED_TTLS = {
+    _set: DEFAULT_TTL,
+    _set_ttl: 600,
+    _touch: DEFAULT_TTL,
+    _touch_ttl: 600,
+    _refresh: DEFAULT_TTL,
+    _extend: DEFAULT_TTL,
+    _extend_ttl: 600,
+    _update: DEFAULT_TTL,
+    _update_ttl: 600,
+    _regenerate: DEFAULT_TTL,
+}
+
+
+def years_ago() -> str:
+    return stamp(now() - timedelta(days=3 * 365), "aware")
+
+
+@pytest.mark.parametrize(
+    ("operation", "expected"), UNCAPPED_TTLS.items(), ids=[op.__name__.lstrip("_") for op in UNCAPPED_TTLS]
+)
+def test_without_a_lifetime_cap_a_years_old_session_gets_the_ttl_asked_for(
+    store: ISessionStore, operation: Callable[[ISessionStore, str], str], expected: int
+) -> None:
+    """max_lifetime is off by default: a document created years ago is written, refreshed and read back as any other."""
+    assert store.ttl_rules.max_lifetime is None
+    created_at = years_ago()
+    store.set("k", {"user_id": "u", "created_at": created_at}, ttl=5)
+    key = operation(store, "k")
+    assert expected - 2 <= ttl_of(store, key) <= expected
+    assert stored(store, key)["created_at"] == created_at
+
+
+@LIFETIME_CAP
+def test_with_a_lifetime_cap_the_same_years_old_session_is_refused(store: ISessionStore) -> None:
+    """The control for the test above: with the cap on, the same write raises and stores nothing."""
+    with pytest.raises(SessionExpired):
+        store.set("k", {"user_id": "u", "created_at": years_ago()}, ttl=5)
+    assert store.exists("k") is False
+
+
+# --- every write stamps last_activity --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "write", [_set, _set_ttl, _update, _update_ttl, _regenerate], ids=lambda op: op.__name__.lstrip("_")
+)
+def test_every_write_stamps_last_activity_with_now(
+    store: ISessionStore, write: Callable[[ISessionStore, str], str]
+) -> None:
+    store.set("k", {"user_id": "u", "last_activity": OLD_STAMP}, stamp=False)
+    assert stored(store, "k")["last_activity"] == OLD_STAMP
+    since = now()
+    key = write(store, "k")  # set and update write back the document read, old stamp included
+    assert_recent(stored(store, key)["last_activity"], since)
+
+
 # --- update: atomic read-modify-write -------------------------------------------------------------------------------
 
 
 def test_update_applies_fn_and_returns_the_document_written(store: ISessionStore) -> None:
-    store.set("k", {"user_id": "u", "count": 1, "last_activity": "2025-01-15T10:35:22.456Z"})
+    store.set("k", {"user_id": "u", "count": 1, "last_activity": OLD_STAMP}, stamp=False)
     before = now()
     written = store.update("k", lambda session: {**session, "count": session["count"] + 1, "new": [1]})
     after = stored(store, "k")
@@ -411,7 +481,8 @@ def test_update_propagates_what_fn_raises_and_writes_nothing(store: ISessionStor
 def test_update_of_a_missing_session_raises_session_not_found_and_creates_nothing(store: ISessionStore) -> None:
     with pytest.raises(SessionNotFound) as info:
         store.update("missing", lambda session: {**session, "v": 1})
-    assert isinstance(info.value, KeyError)
+    assert isinstance(info.value, KeyError) and not isinstance(info.value, SessionExpired)
+    assert str(info.value) == f"No session {session_ref('missing')} to update: nothing was written."  # a sentence
     assert store.exists("missing") is False
     assert store.get("missing") is None
 
@@ -608,7 +679,7 @@ def test_regenerate_of_a_missing_session_raises_session_not_found(store: ISessio
 
 
 def test_regenerate_works_on_a_session_stored_with_set(store: ISessionStore) -> None:
-    store.set("plain", {"v": 1, "last_activity": "2025-01-15T10:35:22.456Z"})
+    store.set("plain", {"v": 1, "last_activity": OLD_STAMP}, stamp=False)
     since = now()
     new = store.regenerate("plain")
     assert new != "plain"

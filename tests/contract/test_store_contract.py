@@ -1,4 +1,5 @@
-"""The promises every ISessionStore keeps, run against each store (the `store` fixture in conftest.py)."""
+"""The promises every ISessionStore keeps, run against each store (the `store` fixture in conftest.py): round trips,
+last_activity stamps, TTLs, bulk calls, bad input, TTL rules, construction and close."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ from hypothesis import strategies as st
 
 from fmredis import (
     MAX_KEY_LENGTH,
+    FallbackSessionStore,
     FmRedisError,
+    InMemorySessionStore,
     InvalidKeyError,
     InvalidTTLError,
     ISessionStore,
+    RedisSessionStore,
+    ResilientRedisSessionStore,
     SerializationError,
+    SessionTTLManager,
+    TTLRules,
 )
 
 
@@ -28,10 +35,12 @@ class NaNPoint:
 
 MAX_TTL = 86_400  # every store under test (the ``store`` fixture in conftest.py) has the default max_ttl
 DEFAULT_TTL = 1800
+OLD_STAMP = "2025-01-15T10:35:22.456Z"  # a last_activity long past
+SLACK = timedelta(seconds=1)  # clock and round-trip allowance when checking that a stamp is "now"
 
 SESSION = {
     "user_id": "user_123",
-    # Recent, so the default 24-hour lifetime cap keeps it; the "Z" form the design document writes.
+    # The "Z" form the design document writes (an hour ago: a lifetime cap, were one on, would keep it).
     "created_at": (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(timespec="milliseconds")[:-6] + "Z",
     "investigation_id": "inv_789",
     "context": {
@@ -62,24 +71,41 @@ BAD_VALUES = [
 # --- round trips ----------------------------------------------------------------------------------------------------
 
 
+def assert_stamped_now(session: dict[str, Any], since: datetime) -> None:
+    """``session["last_activity"]`` is aware UTC ISO-8601 text of a moment between ``since`` and now."""
+    stamp = datetime.fromisoformat(session["last_activity"])
+    assert stamp.tzinfo is not None and stamp.utcoffset() == timedelta(0)
+    assert since - SLACK <= stamp <= datetime.now(timezone.utc) + SLACK
+
+
 def test_set_then_get_returns_the_document_with_last_activity(store: ISessionStore) -> None:
     before = datetime.now(timezone.utc)
     store.set("abc", SESSION)
     got = store.get("abc")
     assert got is not None
-    stamp = datetime.fromisoformat(got.pop("last_activity"))
-    assert stamp.tzinfo is not None and stamp.utcoffset() == timedelta(0)
-    assert before - timedelta(seconds=1) <= stamp <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert_stamped_now(got, before)
+    del got["last_activity"]
     assert got == SESSION
 
 
-def test_set_keeps_an_existing_last_activity_and_never_mutates_the_callers_dict(store: ISessionStore) -> None:
-    mine = {"user_id": "u"}
+def test_set_stamps_last_activity_now_over_an_old_one_and_never_mutates_the_callers_dict(store: ISessionStore) -> None:
+    mine = {"user_id": "u", "last_activity": OLD_STAMP}
+    before = datetime.now(timezone.utc)
     store.set("a", mine)
-    assert mine == {"user_id": "u"}
-    given_stamp = {"user_id": "u", "last_activity": "2025-01-15T10:35:22.456Z"}
-    store.set("b", given_stamp)
-    assert store.get("b") == given_stamp
+    assert mine == {"user_id": "u", "last_activity": OLD_STAMP}
+    got = store.get("a")
+    assert got is not None
+    assert_stamped_now(got, before)
+    assert {k: v for k, v in got.items() if k != "last_activity"} == {"user_id": "u"}
+
+
+def test_set_without_stamp_keeps_the_last_activity_given(store: ISessionStore) -> None:
+    given = {"user_id": "u", "last_activity": OLD_STAMP}
+    store.set("b", given, stamp=False)
+    assert store.get("b") == given
+    store.set("c", {"v": 1}, ttl=60, stamp=False)
+    assert store.get("c") == {"v": 1}  # none given: none stored
+    assert 58 <= store.ttl("c") <= 60  # type: ignore[operator]
 
 
 def test_get_missing_is_none_and_set_overwrites(store: ISessionStore) -> None:
@@ -90,7 +116,7 @@ def test_get_missing_is_none_and_set_overwrites(store: ISessionStore) -> None:
 
 
 def test_tuples_read_back_as_lists(store: ISessionStore) -> None:
-    store.set("t", {"pair": (1, 2), "last_activity": "x"})
+    store.set("t", {"pair": (1, 2), "last_activity": "x"}, stamp=False)
     assert store.get("t") == {"pair": [1, 2], "last_activity": "x"}
 
 
@@ -181,7 +207,7 @@ def test_a_single_str_is_not_taken_for_a_list_of_keys(store: ISessionStore) -> N
 
 @pytest.mark.parametrize("ttl", BAD_TTLS, ids=repr)
 def test_bad_ttls_are_refused_and_nothing_is_written(store: ISessionStore, ttl: Any) -> None:
-    with pytest.raises(InvalidTTLError) as info:
+    with pytest.raises(InvalidTTLError, match=r"^ttl ") as info:
         store.set("k", {"v": 1}, ttl=ttl)
     assert isinstance(info.value, ValueError)
     assert store.exists("k") is False
@@ -225,6 +251,100 @@ def test_arbitrary_json_documents_round_trip(store: ISessionStore, document: dic
     store.set("doc", document)
     got = store.get("doc")
     assert got is not None
-    expected = dict(document)
-    expected.setdefault("last_activity", got["last_activity"])
-    assert got == expected
+    assert got == {**document, "last_activity": got["last_activity"]}  # a last_activity given is stamped over
+    store.set("doc", document, stamp=False)
+    assert store.get("doc") == document
+
+
+# --- TTL rules ------------------------------------------------------------------------------------------------------
+
+POLICY = SessionTTLManager()  # active_ttl 3600, max_ttl 7200
+
+
+def test_the_ttl_rules_by_default(store: ISessionStore) -> None:
+    assert store.ttl_rules == TTLRules(default_ttl=DEFAULT_TTL, max_ttl=MAX_TTL, ttl_policy=None, max_lifetime=None)
+
+
+@pytest.mark.store_options(default_ttl=600, max_ttl=7200, ttl_policy=POLICY, max_lifetime=86_400)
+def test_the_ttl_rules_are_the_options_the_store_was_built_with_and_are_kept(store: ISessionStore) -> None:
+    assert store.ttl_rules == TTLRules(default_ttl=600, max_ttl=7200, ttl_policy=POLICY, max_lifetime=86_400)
+    store.set("k", {"v": 1})  # stamped now: the policy's TTL for an active session
+    assert POLICY.active_ttl - 2 <= store.ttl("k") <= POLICY.active_ttl  # type: ignore[operator]
+    assert store.extend_ttl("k") is True  # no TTL: the default
+    assert 598 <= store.ttl("k") <= 600  # type: ignore[operator]
+    store.set("k", {"v": 1}, ttl=7200)
+    with pytest.raises(InvalidTTLError, match="exceeds max_ttl 7200"):
+        store.set("k", {"v": 1}, ttl=7201)
+
+
+# --- construction: bad counts and durations are refused -------------------------------------------------------------
+
+BAD_COUNTS: list[Any] = [0, -1, 1.5, True, "3"]
+BAD_DURATIONS: list[Any] = [-1, -0.001, math.nan, math.inf, 86_401, 1e10, "5", True, None]
+BAD_LIFETIMES: list[Any] = [0, -60, 1.5, True, "3600"]
+CORE_OPTIONS: dict[str, tuple[Any, list[Any]]] = {
+    "update_attempts": (3, [*BAD_COUNTS, None]),
+    "max_sessions_per_user": (3, BAD_COUNTS),  # None: no cap
+    "max_lifetime": (3600, BAD_LIFETIMES),  # None: off
+}
+#: For each kind of store, the counts and durations it takes itself: a value it accepts, and values it must refuse.
+OWN_OPTIONS: dict[type[ISessionStore], dict[str, tuple[Any, list[Any]]]] = {
+    RedisSessionStore: {**CORE_OPTIONS, "batch_size": (10, [*BAD_COUNTS, None])},
+    InMemorySessionStore: {**CORE_OPTIONS, "max_entries": (10, [*BAD_COUNTS, None])},
+    ResilientRedisSessionStore: {
+        "attempts": (3, [*BAD_COUNTS, None]),
+        "rebuild_after": (3, [*BAD_COUNTS, None]),
+        "backoff_base": (0.01, BAD_DURATIONS),
+        "backoff_cap": (0.5, BAD_DURATIONS),
+        "deadline": (5, BAD_DURATIONS),
+    },
+    FallbackSessionStore: {"probe_interval": (5, BAD_DURATIONS), "max_entries": (10, BAD_COUNTS)},  # None: default
+}
+
+
+def build_like(store: ISessionStore, **options: Any) -> ISessionStore:
+    """A new store of ``store``'s kind built with ``options``: a Redis store on the same client, a wrapper around
+    ``store`` itself."""
+    if isinstance(store, RedisSessionStore):
+        return RedisSessionStore(store.client, **options)
+    if isinstance(store, InMemorySessionStore):
+        return InMemorySessionStore(**options)
+    return type(store)(store, **options)  # type: ignore[call-arg]
+
+
+def test_bad_counts_and_durations_are_refused_with_an_error_naming_them(store: ISessionStore) -> None:
+    [options] = [table for kind, table in OWN_OPTIONS.items() if isinstance(store, kind)]
+    for name, (good, bad_values) in options.items():
+        assert isinstance(build_like(store, **{name: good}), type(store))  # the control: a value in range is taken
+        for bad in bad_values:
+            with pytest.raises((ValueError, TypeError), match=rf"^{name} must be "):
+                build_like(store, **{name: bad})
+
+
+# --- close ----------------------------------------------------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+def test_with_closes_the_store_and_closing_again_is_harmless(
+    store: ISessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closes: list[str] = []
+    close = store.close
+
+    def counted_close() -> None:
+        closes.append("close")
+        close()
+
+    monkeypatch.setattr(store, "close", counted_close)
+    with store as entered:
+        assert entered is store
+        store.set("k", {"v": 1})
+        assert closes == []
+    assert closes == ["close"]
+    with pytest.raises(Boom), store:  # an error inside: closed all the same, and the error is not swallowed
+        raise Boom
+    assert closes == ["close", "close"]
+    close()  # a third time, straight: harmless too

@@ -1,4 +1,5 @@
-"""Tests of the fault-injection helpers in tests/faults.py, driven with plain redis-py."""
+"""Tests of the server-process helper (tests/harness/servers.py) and the fault-injecting proxy (tests/harness/proxy.py),
+driven with plain redis-py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.harness.faults import LOOPBACK, RedisProcess, TcpProxy
+from tests.harness.proxy import TcpProxy
+from tests.harness.servers import LOOPBACK, RedisServer, TopologyError, free_ports, gone
 
 SOCKET_TIMEOUT = 0.3
 
@@ -33,13 +35,13 @@ def make_client(port: int) -> redis.Redis:
 
 
 @pytest.fixture
-def server() -> Iterator[RedisProcess]:
-    with RedisProcess() as proc:
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as proc:
         yield proc
 
 
 @pytest.fixture
-def proxy(server: RedisProcess) -> Iterator[TcpProxy]:
+def proxy(server: RedisServer) -> Iterator[TcpProxy]:
     with TcpProxy(server.port) as made:
         yield made
 
@@ -56,7 +58,7 @@ def clients() -> Iterator[list[redis.Redis]]:
 
 @pytest.mark.parametrize(("persistent", "expected"), [(False, None), (True, b"v")])
 def test_kill_and_restart_on_same_port(persistent: bool, expected: bytes | None, clients: list[redis.Redis]) -> None:
-    with RedisProcess(persistent=persistent) as server:
+    with RedisServer(persistent=persistent) as server:
         port, pid = server.port, server.pid
         client = make_client(port)
         clients.append(client)
@@ -71,9 +73,12 @@ def test_kill_and_restart_on_same_port(persistent: bool, expected: bytes | None,
         assert server.port == port
         assert server.pid not in (None, pid)
         assert client.get("k") == expected
+        pids = server.pids
+    assert pids == [pid, pids[1]]  # every process started is recorded ...
+    assert all(gone(pid) for pid in pids)  # ... and none is left running
 
 
-def test_restart_while_running_replaces_the_process(server: RedisProcess, clients: list[redis.Redis]) -> None:
+def test_restart_while_running_replaces_the_process(server: RedisServer, clients: list[redis.Redis]) -> None:
     client = make_client(server.port)
     clients.append(client)
     pid = server.pid
@@ -82,7 +87,7 @@ def test_restart_while_running_replaces_the_process(server: RedisProcess, client
     assert client.ping()
 
 
-def test_freeze_times_out_and_thaw_recovers(server: RedisProcess, clients: list[redis.Redis]) -> None:
+def test_freeze_times_out_and_thaw_recovers(server: RedisServer, clients: list[redis.Redis]) -> None:
     client = make_client(server.port)
     clients.append(client)
     assert client.ping()
@@ -98,7 +103,7 @@ def test_freeze_times_out_and_thaw_recovers(server: RedisProcess, clients: list[
 
 
 def test_stop_is_idempotent_and_close_removes_the_directory() -> None:
-    server = RedisProcess().start()
+    server = RedisServer().start()
     server.freeze()  # stop() must also end a frozen server
     server.stop()
     server.stop()
@@ -118,7 +123,7 @@ def test_start_waits_for_a_busy_port_to_free_up(clients: list[redis.Redis]) -> N
     release = threading.Timer(0.5, blocker.close)
     release.start()
     try:
-        with RedisProcess(port, start_timeout=5.0) as server:
+        with RedisServer(port=port, start_timeout=5.0) as server:
             clients.append(make_client(server.port))
             assert clients[0].ping()
     finally:
@@ -131,13 +136,45 @@ def test_start_gives_up_on_a_port_that_stays_busy() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
         blocker.bind((LOOPBACK, 0))
         blocker.listen(1)
-        server = RedisProcess(blocker.getsockname()[1], start_timeout=0.5)
+        server = RedisServer("busy", blocker.getsockname()[1], start_timeout=1.0)
         try:
-            with pytest.raises(RuntimeError, match="did not answer"):
+            with pytest.raises(TopologyError, match=r"(?s)did not answer.*Address already in use"):
                 server.start()
             assert not server.running
+            assert len(server.pids) > 1  # retried while the port was busy
+            assert all(gone(pid) for pid in server.pids)
         finally:
             server.close()
+
+
+def test_another_redis_server_on_the_port_is_never_taken_for_ours() -> None:
+    """The foreign server answers PING and INFO on the port all along: only its pid tells it apart."""
+    with RedisServer("first") as first:
+        second = RedisServer("second", first.port, start_timeout=1.0)
+        try:
+            with pytest.raises(TopologyError, match="Address already in use"):
+                second.start()
+            assert not second.running and second.pid is None
+            assert second.pids and first.pid not in second.pids
+        finally:
+            second.close()
+        assert first.running
+
+
+def test_a_bad_config_fails_fast_with_its_log() -> None:
+    server = RedisServer("bad", config=[("no-such-directive", "x")], start_timeout=10)
+    started = time.monotonic()
+    with pytest.raises(TopologyError, match="no-such-directive"):
+        server.start()
+    assert time.monotonic() - started < 5  # not retried: only "Address already in use" is
+    assert len(server.pids) == 1 and gone(server.pids[0])
+    server.close()
+    assert not os.path.exists(server.directory)
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = free_ports(20)
+    assert len(set(ports)) == 20
 
 
 def test_proxy_passes_traffic_through(proxy: TcpProxy, clients: list[redis.Redis]) -> None:
@@ -184,7 +221,7 @@ def test_proxy_blackhole_times_out_then_recovers(proxy: TcpProxy, clients: list[
     assert client.ping()
 
 
-def test_proxy_close_is_prompt_and_idempotent(server: RedisProcess, clients: list[redis.Redis]) -> None:
+def test_proxy_close_is_prompt_and_idempotent(server: RedisServer, clients: list[redis.Redis]) -> None:
     proxy = TcpProxy(server.port)
     client = make_client(proxy.port)
     clients.append(client)
@@ -199,7 +236,7 @@ def test_proxy_close_is_prompt_and_idempotent(server: RedisProcess, clients: lis
 
 
 def test_proxy_resets_clients_when_upstream_is_down(
-    server: RedisProcess, proxy: TcpProxy, clients: list[redis.Redis]
+    server: RedisServer, proxy: TcpProxy, clients: list[redis.Redis]
 ) -> None:
     client = make_client(proxy.port)
     clients.append(client)

@@ -15,7 +15,8 @@ from fmredis import RedisSessionStore, StoreUnavailable, create_redis_client
 from fmredis.breaker import CircuitBreaker
 from fmredis.fallback import FallbackSessionStore
 from fmredis.resilient import ResilientRedisSessionStore
-from tests.harness.faults import RedisProcess, TcpProxy
+from tests.harness.proxy import TcpProxy
+from tests.harness.servers import RedisServer
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(90)]
 
@@ -45,7 +46,7 @@ def resilient(url: str, **kwargs: object) -> ResilientRedisSessionStore:
     return ResilientRedisSessionStore(factory(url), **options)  # type: ignore[arg-type]
 
 
-def raw_client(server: RedisProcess) -> redis.Redis:
+def raw_client(server: RedisServer) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=server.port, protocol=2, socket_timeout=2)
 
 
@@ -63,21 +64,21 @@ def recovered(store: FallbackSessionStore) -> bool:
 
 
 @pytest.fixture
-def server() -> Iterator[RedisProcess]:
-    with RedisProcess(persistent=True) as process:
+def server() -> Iterator[RedisServer]:
+    with RedisServer(persistent=True) as process:
         yield process
 
 
 @pytest.fixture
-def volatile_server() -> Iterator[RedisProcess]:
-    with RedisProcess(persistent=False) as process:
+def volatile_server() -> Iterator[RedisServer]:
+    with RedisServer(persistent=False) as process:
         yield process
 
 
 # --- kill -9 under load: the fallback-wrapped store raises nothing and loses nothing --------------------------------
 
 
-def test_kill_and_restart_under_threaded_load_loses_no_session(server: RedisProcess) -> None:
+def test_kill_and_restart_under_threaded_load_loses_no_session(server: RedisServer) -> None:
     store = FallbackSessionStore(
         resilient(server.url, attempts=2, breaker=CircuitBreaker(failure_threshold=3, cooldown=0.3)),
         probe_interval=0.2,
@@ -135,7 +136,7 @@ def test_kill_and_restart_under_threaded_load_loses_no_session(server: RedisProc
 
 @pytest.mark.parametrize("persistent", [True, False], ids=["sessions-kept", "server-restarted-empty"])
 def test_outage_writes_and_deletes_are_applied_on_recovery(persistent: bool) -> None:
-    with RedisProcess(persistent=persistent) as server:
+    with RedisServer(persistent=persistent) as server:
         raw = raw_client(server)
         store = FallbackSessionStore(resilient(server.url, attempts=1), probe_interval=0.1)
         store.set("before", {"v": 0})
@@ -154,12 +155,13 @@ def test_outage_writes_and_deletes_are_applied_on_recovery(persistent: bool) -> 
         store.close()
 
 
-def test_the_newer_session_in_redis_wins_a_conflict(server: RedisProcess) -> None:
+def test_the_newer_session_in_redis_wins_a_conflict(server: RedisServer) -> None:
     raw = raw_client(server)
     store = FallbackSessionStore(resilient(server.url, attempts=1), probe_interval=0.1)
     server.kill()
-    store.set("older", {"v": "memory", "last_activity": "2026-01-01T10:00:00+00:00"})
-    store.set("newer", {"v": "memory", "last_activity": "2026-01-01T12:00:00+00:00"})
+    # stamp=False: keep these last_activity values (a stamped write would say "now", newer than anything below)
+    store.set("older", {"v": "memory", "last_activity": "2026-01-01T10:00:00+00:00"}, stamp=False)
+    store.set("newer", {"v": "memory", "last_activity": "2026-01-01T12:00:00+00:00"}, stamp=False)
     server.restart()
     # Another worker wrote both sessions meanwhile, at 11:00.
     for key in ("older", "newer"):
@@ -181,7 +183,7 @@ def test_the_newer_session_in_redis_wins_a_conflict(server: RedisProcess) -> Non
 
 
 def test_evicting_unsynced_outage_writes_is_counted_and_logged(
-    server: RedisProcess, caplog: pytest.LogCaptureFixture
+    server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = FallbackSessionStore(resilient(server.url, attempts=1), probe_interval=60, max_entries=3)
     server.kill()
@@ -198,7 +200,7 @@ def test_evicting_unsynced_outage_writes_is_counted_and_logged(
 # --- SIGSTOP: answers within a stated bound, then recovery --------------------------------------------------------
 
 
-def test_a_frozen_server_gives_bounded_waits_then_fails_fast(server: RedisProcess) -> None:
+def test_a_frozen_server_gives_bounded_waits_then_fails_fast(server: RedisServer) -> None:
     breaker = CircuitBreaker(failure_threshold=3, cooldown=1.0)
     store = resilient(server.url, attempts=2, deadline=2.0, breaker=breaker)
     store.set("k", {"v": 1})
@@ -230,7 +232,7 @@ def _answers(store: ResilientRedisSessionStore) -> bool:
     return True
 
 
-def test_the_fallback_keeps_answering_while_the_server_is_frozen(server: RedisProcess) -> None:
+def test_the_fallback_keeps_answering_while_the_server_is_frozen(server: RedisServer) -> None:
     store = FallbackSessionStore(
         resilient(server.url, attempts=1, breaker=CircuitBreaker(failure_threshold=1, cooldown=0.5)),
         probe_interval=0.2,
@@ -252,7 +254,7 @@ def test_the_fallback_keeps_answering_while_the_server_is_frozen(server: RedisPr
 
 
 @pytest.fixture
-def proxy(server: RedisProcess) -> Iterator[TcpProxy]:
+def proxy(server: RedisServer) -> Iterator[TcpProxy]:
     with TcpProxy(server.port) as tcp:
         yield tcp
 
@@ -297,7 +299,7 @@ def test_a_black_hole_opens_the_breaker_and_recovery_closes_it(proxy: TcpProxy) 
 
 
 def test_bulk_calls_on_a_broken_connection_raise_and_report_no_partial_success(
-    proxy: TcpProxy, server: RedisProcess
+    proxy: TcpProxy, server: RedisServer
 ) -> None:
     store = resilient(proxy.url, attempts=2)
     keys = [f"s{i}" for i in range(20)]
@@ -315,7 +317,7 @@ def test_bulk_calls_on_a_broken_connection_raise_and_report_no_partial_success(
     store.close()
 
 
-def test_the_resilient_store_never_reports_an_outage_as_a_miss(volatile_server: RedisProcess) -> None:
+def test_the_resilient_store_never_reports_an_outage_as_a_miss(volatile_server: RedisServer) -> None:
     store = resilient(volatile_server.url, attempts=2)
     store.set("k", {"v": 1})
     volatile_server.kill()

@@ -1,5 +1,5 @@
-"""Fixtures for the multi-process topologies (tests/harness/topology.py): Redis Cluster, Sentinel, TLS, and the stores
-on them that the contract suites also run against. Loaded by tests/conftest.py as a plugin."""
+"""Fixtures for the multi-process topologies (tests/harness/cluster.py, sentinel.py, tls.py): Redis Cluster, Sentinel,
+TLS, and the stores on them that the contract suites also run against. Loaded by tests/conftest.py as a plugin."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import pytest
 
 from fmredis import RedisSessionStore, create_redis_client
 from fmredis.client import RedisClient
+from tests.harness.cluster import RedisCluster3
 from tests.harness.options import store_options
-from tests.harness.topology import RedisCluster3, SentinelSetup, TLSCerts, TLSRedis
+from tests.harness.sentinel import SentinelSetup
+from tests.harness.tls import TLSCerts, TLSRedis
 
-# --- Topologies (tests/topology.py): Redis Cluster, Sentinel, TLS -------------------------------------------------
+# --- Topologies: Redis Cluster, Sentinel, TLS -----------------------------------------------------------------------
 # Session-scoped real servers on 127.0.0.1 (free ports, own temp dirs), started on first use and stopped at the end of
 # the session. A test that uses them should carry the `topology` marker (registered in tox.ini), so
 # `-m "not topology"` skips the slower multi-process setups.

@@ -148,6 +148,10 @@ def test_a_wrong_password_fails_without_echoing_it(secured: RedisExecutor, caplo
     with caplog.at_level(logging.DEBUG), pytest.raises(StoreError) as info:
         RedisSessionStore(client).get("k")
     assert not isinstance(info.value, StoreUnavailable)  # a refused login is configuration, not an outage
+    assert str(info.value) == (
+        "Redis GET failed: AuthenticationError: WRONGPASS invalid username-password pair or user is disabled. "
+        "(check username and password)"
+    )
     settings = resolve_settings(host="127.0.0.1", password=wrong, environ={})
     for text in (str(info.value), repr(info.value), caplog.text, repr(settings), settings.explain(), repr(client)):
         assert wrong not in text

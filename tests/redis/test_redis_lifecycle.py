@@ -1,6 +1,7 @@
 """What only Redis shows of RedisSessionStore's session lifecycle: the commands a refresh sends, the adaptive TTL as the
-key's expiry, WATCH/MULTI updates under contention, the per-user sorted set and the one MULTI/EXEC each index change
-rides in, a connection lost after EXEC (outcome unknown, never retried), the event log and the counters.
+key's expiry, WATCH/MULTI updates under contention, the per-user sorted set and the one script or MULTI/EXEC each index
+change rides in, a reply lost after EXEC or a script (outcome unknown, never retried by fmredis), the event log and the
+counters.
 
 The behaviour every store shares is in test_store_contract.py; this file looks at the server itself (through ``raw``).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,14 +29,15 @@ from fmredis import (
     StoreUnavailable,
     create_redis_client,
 )
-from fmredis import redis_store as redis_store_module
 from fmredis.counters import COUNTER_NAMES
-from fmredis.errors import SessionNotFound, StoreError, UpdateConflict
+from fmredis.errors import SessionExpired, SessionNotFound, UpdateConflict
 from fmredis.lifecycle import new_session_id, session_ref
 from fmredis.serialization import parse_utc
 from fmredis.ttl_policy import SessionTTLManager
 
-LIFETIME = 86_400  # the store's default max_lifetime
+LIFETIME = 86_400  # the lifetime the tests of the cap turn on (it is off by default)
+LIFETIME_CAP = pytest.mark.store_options(max_lifetime=LIFETIME)
+MAX_TTL = 86_400  # the store's default max_ttl
 DEFAULT_TTL = 1800
 ACTIVE_TTL = 3600  # SessionTTLManager's active_ttl
 INDEX = "user-sessions:session:"  # "user-sessions:" + the default prefix
@@ -56,6 +59,22 @@ def commands_sent(raw: redis.Redis, call: Callable[[], object]) -> dict[str, int
     return {
         name: calls for name, calls in commandstats(raw).items() if not name.startswith(("info", "config")) and calls
     }
+
+
+def monitored(raw: redis.Redis, call: Callable[[], object]) -> tuple[list[str], list[str]]:
+    """The commands the server ran while ``call`` ran, by name and in order (MONITOR): those clients sent (the round
+    trips), and those scripts ran."""
+    marker = "end-of-call-" + new_session_id()
+    with raw.monitor() as monitor:
+        call()
+        raw.echo(marker)
+        seen: list[dict[str, Any]] = []
+        while not (entry := monitor.next_command())["command"].endswith(marker):
+            seen.append(entry)
+    marker_client = (entry["client_address"], entry["client_port"])  # raw's own commands are not the call's
+    names = [(e["client_type"], (e["client_address"], e["client_port"]), e["command"].split()[0].upper()) for e in seen]
+    sent = [name for kind, client, name in names if kind != "lua" and client != marker_client]
+    return sent, [name for kind, _client, name in names if kind == "lua"]
 
 
 def iso_ago(seconds: float, now: datetime | None = None) -> str:
@@ -155,6 +174,7 @@ def test_a_refresh_is_one_getex_and_never_rewrites_the_session(
     assert DEFAULT_TTL - 2 <= raw.ttl("session:" + session_id) <= DEFAULT_TTL
 
 
+@LIFETIME_CAP
 @CAPPED_REFRESHES
 def test_a_refresh_near_the_lifetime_cap_adds_one_expire_down_to_the_cap(
     redis_store: RedisSessionStore, raw: redis.Redis, refresh: Callable[[RedisSessionStore, str], bool]
@@ -168,6 +188,7 @@ def test_a_refresh_near_the_lifetime_cap_adds_one_expire_down_to_the_cap(
     assert raw.get("session:old") == stored
 
 
+@LIFETIME_CAP
 @CAPPED_REFRESHES
 def test_a_refresh_past_the_lifetime_cap_removes_the_session(
     redis_store: RedisSessionStore,
@@ -184,12 +205,13 @@ def test_a_refresh_past_the_lifetime_cap_removes_the_session(
     assert_reveals_nothing(record, SECRET)
 
 
+@LIFETIME_CAP
 def test_set_past_the_lifetime_cap_removes_the_session_and_raises(
     redis_store: RedisSessionStore, raw: redis.Redis, events: Callable[[], list[logging.LogRecord]]
 ) -> None:
     redis_store.set("old", {"user_id": "u1", "v": 1})
     assert raw.exists("session:old") == 1
-    with pytest.raises(SessionNotFound):
+    with pytest.raises(SessionExpired):
         redis_store.set("old", {"user_id": "u1", "created_at": iso_ago(LIFETIME + 5), "v": SECRET}, ttl=600)
     assert raw.exists("session:old") == 0  # the session there before is removed, not kept
     [record] = events()
@@ -198,6 +220,7 @@ def test_set_past_the_lifetime_cap_removes_the_session_and_raises(
     assert_reveals_nothing(record, SECRET)
 
 
+@LIFETIME_CAP
 def test_update_past_the_lifetime_cap_removes_the_session_and_raises(
     redis_store: RedisSessionStore, raw: redis.Redis, events: Callable[[], list[logging.LogRecord]]
 ) -> None:
@@ -208,21 +231,22 @@ def test_update_past_the_lifetime_cap_removes_the_session_and_raises(
         calls.append(1)
         return {**session, "v": 2}
 
-    with pytest.raises(SessionNotFound):
+    with pytest.raises(SessionExpired):
         redis_store.update("old", fn)
     assert raw.exists("session:old") == 0
     assert calls == [1]
     assert len(events()) == 1
 
 
+@LIFETIME_CAP
 def test_regenerate_past_the_lifetime_cap_removes_the_session_and_its_index_entry(
     redis_store: RedisSessionStore, raw: redis.Redis, events: Callable[[], list[logging.LogRecord]]
 ) -> None:
-    """As for set and update: SessionNotFound, and the session (with its index entry) removed, as the event says."""
+    """As for set and update: SessionExpired, and the session (with its index entry) removed, as the event says."""
     created = time.time() - LIFETIME - 5
     put_raw(raw, "old", {"user_id": "u1", "created_at": iso_ago(LIFETIME + 5)}, ttl=3600)
     raw.zadd(INDEX + "u1", {"old": created})
-    with pytest.raises(SessionNotFound):
+    with pytest.raises(SessionExpired):
         redis_store.regenerate("old")
     assert [record.getMessage() for record in events()] == ["Session reached its lifetime cap; removed"]
     assert session_keys(raw) == set()  # neither the old session nor a new one
@@ -243,18 +267,22 @@ def policy_store(client: redis.Redis) -> RedisSessionStore:
 @pytest.mark.parametrize(
     ("idle_seconds", "expected_ttl"), [(10, 3600), (10 * 60, 1800), (2 * 3600, 900)], ids=["active", "idle", "stale"]
 )
-def test_set_takes_its_ttl_from_the_policy_and_its_clock(
+def test_set_without_stamp_takes_its_ttl_from_the_policy_and_its_clock(
     policy_store: RedisSessionStore, raw: redis.Redis, idle_seconds: int, expected_ttl: int
 ) -> None:
-    policy_store.set("k", {"last_activity": iso_ago(idle_seconds, FAKE_NOW)})
+    """stamp=False keeps the document's last_activity, so the policy measures its age (on the policy's clock)."""
+    document = {"last_activity": iso_ago(idle_seconds, FAKE_NOW)}
+    policy_store.set("k", document, stamp=False)
     assert expected_ttl - 2 <= raw.ttl("session:k") <= expected_ttl
+    policy_store.set("k", document)  # stamped: active now, whatever the document said
+    assert ACTIVE_TTL - 2 <= raw.ttl("session:k") <= ACTIVE_TTL
 
 
 @REFRESHES
 def test_a_refresh_gives_the_policys_ttl_for_a_session_active_now(
     policy_store: RedisSessionStore, raw: redis.Redis, refresh: Callable[[RedisSessionStore, str], bool]
 ) -> None:
-    policy_store.set("k", {"last_activity": iso_ago(2 * 3600, FAKE_NOW)})
+    policy_store.set("k", {"last_activity": iso_ago(2 * 3600, FAKE_NOW)}, stamp=False)
     assert raw.ttl("session:k") <= 900
     assert refresh(policy_store, "k") is True
     assert 3598 <= raw.ttl("session:k") <= 3600
@@ -373,7 +401,7 @@ def test_the_index_is_a_sorted_set_scored_by_creation_time_that_outlives_its_ses
 ) -> None:
     before = time.time()
     first = redis_store.create("alice", {"n": 1})
-    longest = redis_store.create("alice", {"n": 2}, ttl=LIFETIME)
+    longest = redis_store.create("alice", {"n": 2}, ttl=MAX_TTL)
     after = time.time()
     assert raw.type(INDEX + "alice") == b"zset"
     entries = index_entries(raw, "alice")
@@ -385,9 +413,9 @@ def test_the_index_is_a_sorted_set_scored_by_creation_time_that_outlives_its_ses
         assert score == pytest.approx(created.timestamp(), abs=1e-3)
         assert before - 0.01 <= score <= after + 0.01
     index_ttl = raw.ttl(INDEX + "alice")
-    assert index_ttl >= LIFETIME
+    assert index_ttl >= MAX_TTL
     assert index_ttl >= max(raw.ttl("session:" + session_id) for session_id in entries)
-    assert raw.ttl("session:" + longest) >= LIFETIME - 2
+    assert raw.ttl("session:" + longest) >= MAX_TTL - 2
 
 
 def test_regenerate_moves_the_index_entry_and_keeps_the_creation_score(
@@ -433,64 +461,45 @@ def test_delete_user_sessions_removes_the_users_sessions_and_the_index_itself(
     assert list(index_entries(raw, "dave")) == [other_user]
     again = redis_store.create("carol", {})  # a new login starts a new index, with its expiry
     assert list(index_entries(raw, "carol")) == [again]
-    assert raw.ttl(INDEX + "carol") >= LIFETIME
+    assert raw.ttl(INDEX + "carol") >= MAX_TTL
 
 
-@pytest.fixture
-def transactions(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The commands (upper-case names) of every MULTI/EXEC redis-py sends from now on, one list per transaction."""
-    sent: list[list[str]] = []
-    execute_transaction = redis.client.Pipeline._execute_transaction
-
-    def recording(self: redis.client.Pipeline, connection: Any, commands: Any, raise_on_error: bool) -> Any:
-        sent.append([str(args[0]).upper() for args, _options in commands])
-        return execute_transaction(self, connection, commands, raise_on_error)
-
-    monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", recording)
-    return sent
-
-
-def test_create_writes_the_session_and_its_index_entry_in_one_multi_exec(
-    redis_store: RedisSessionStore, raw: redis.Redis, transactions: list[list[str]]
+def test_create_writes_the_session_and_its_index_entry_in_one_script(
+    redis_store: RedisSessionStore, raw: redis.Redis
 ) -> None:
-    redis_store.create("warm", {})  # opens the pooled connection
-    transactions.clear()
+    redis_store.create("warm", {})  # opens the pooled connection and loads the script
     made: list[str] = []
-    sent = commands_sent(raw, lambda: made.append(redis_store.create("alice", {"n": 1})))
-    assert (sent.get("multi"), sent.get("exec")) == (1, 1), sent
-    [transaction] = transactions
-    assert {"ZADD", "SET"} <= set(transaction)  # the entry and the session together, or neither
+    sent, scripted = monitored(raw, lambda: made.append(redis_store.create("alice", {"n": 1})))
+    assert sent == ["EVALSHA"]  # one round trip, no MULTI
+    assert scripted[:2] == ["TYPE", "TYPE"]  # both keys checked before anything is written: all or nothing
+    assert {name: scripted.count(name) for name in ("SET", "ZADD")} == {"SET": 1, "ZADD": 1}
     [session_id] = made
     assert list(index_entries(raw, "alice")) == [session_id]
     assert raw.exists("session:" + session_id) == 1
 
 
 @pytest.mark.parametrize(
-    ("call", "inside"),
+    ("call", "sent", "written_by_script"),
     [
-        ("create", {"ZADD": 1, "SET": 1}),
-        ("regenerate", {"SET": 1, "UNLINK": 1, "ZADD": 1, "ZREM": 1}),
-        ("delete_user_sessions", {"UNLINK": 4}),  # three sessions and the index
+        ("regenerate", ["WATCH", "GET", "MULTI", "EVAL", "EXEC"], {"SET": 1, "UNLINK": 1, "ZREM": 1, "ZADD": 1}),
+        ("delete_user_sessions", ["WATCH", "ZRANGE", "MULTI", *["UNLINK"] * 4, "EXEC"], {}),  # 3 sessions, the index
     ],
 )
-def test_each_index_change_is_one_multi_exec(
+def test_each_other_index_change_is_one_multi_exec(
     redis_store: RedisSessionStore,
     raw: redis.Redis,
-    transactions: list[list[str]],
     call: str,
-    inside: dict[str, int],
+    sent: list[str],
+    written_by_script: dict[str, int],
 ) -> None:
     made = [redis_store.create("alice", {"n": n}) for n in range(3)]
     calls: dict[str, Callable[[], object]] = {
-        "create": lambda: redis_store.create("alice", {}),
         "regenerate": lambda: redis_store.regenerate(made[0]),
         "delete_user_sessions": lambda: redis_store.delete_user_sessions("alice"),
     }
-    transactions.clear()
-    sent = commands_sent(raw, calls[call])
-    assert (sent.get("multi"), sent.get("exec")) == (1, 1), sent
-    [transaction] = transactions
-    assert {name: transaction.count(name) for name in inside} == inside, transaction
+    commands, scripted = monitored(raw, calls[call])
+    assert commands == sent  # every write between one MULTI and its EXEC
+    assert {name: scripted.count(name) for name in written_by_script} == written_by_script, scripted
 
 
 def test_the_per_user_cap_evicts_the_oldest_sessions(
@@ -518,19 +527,27 @@ def test_sessions_evicted_by_the_per_user_cap_count_as_deleted_for_user(client: 
     assert store.stats()["deleted_for_user"] == 2
 
 
+def draw_ids(monkeypatch: pytest.MonkeyPatch, *ids: str) -> Iterator[str]:
+    """Make the next new session ids ``ids``, in order (the random token every new id is); returns what is left."""
+    left = iter(ids)
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda nbytes=None: next(left))
+    return left
+
+
 def test_a_colliding_session_id_never_enters_another_users_index(
     redis_store: RedisSessionStore, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """create retries an id SET NX refused; the refused id belongs to someone else and must not stay indexed."""
+    """create tries another id when its script finds the id taken; the taken id belongs to someone else and must not
+    be indexed."""
     victim = redis_store.create("victim", {"v": SECRET})
     victims_session, victims_index = raw.get("session:" + victim), index_entries(raw, "victim")
-    ids = iter([victim, new_session_id()])
-    monkeypatch.setattr(redis_store_module, "new_session_id", lambda: next(ids))
+    fresh = new_session_id()
+    left = draw_ids(monkeypatch, victim, fresh)
     mine = redis_store.create("mallory", {})
-    assert next(ids, None) is None  # both ids were drawn: the first was refused by SET NX
-    assert mine != victim
+    assert next(left, None) is None  # both ids were drawn: the script refused the first
+    assert mine == fresh
     assert list(index_entries(raw, "mallory")) == [mine]  # read raw: no entry naming the victim's session
-    assert raw.get("session:" + victim) == victims_session  # SET NX left the victim's session as it was
+    assert raw.get("session:" + victim) == victims_session  # the script left the victim's session as it was
     assert index_entries(raw, "victim") == victims_index
     assert redis_store.delete_user_sessions("mallory") == 1
     assert raw.get("session:" + victim) == victims_session
@@ -539,14 +556,18 @@ def test_a_colliding_session_id_never_enters_another_users_index(
 def test_a_colliding_id_on_regenerate_leaves_the_other_session_alone_and_unlisted(
     redis_store: RedisSessionStore, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The move script writes nothing when the new id is taken; regenerate tries again with another id."""
     victim = redis_store.create("victim", {"v": SECRET})
     victims_session = raw.get("session:" + victim)
-    old = redis_store.create("mallory", {})
-    monkeypatch.setattr(redis_store_module, "new_session_id", lambda: victim)
-    with pytest.raises(StoreError, match="collision"):
-        redis_store.regenerate(old)
-    assert index_entries(raw, "mallory") == {}  # the old session is removed, the victim's never listed
+    old = redis_store.create("mallory", {"n": 1})
+    fresh = new_session_id()
+    left = draw_ids(monkeypatch, victim, fresh)
+    new = redis_store.regenerate(old)
+    assert next(left, None) is None  # both ids were drawn: the script refused the first
+    assert new == fresh
+    assert list(index_entries(raw, "mallory")) == [new]  # the victim's session never listed as mallory's
     assert raw.exists("session:" + old) == 0
+    assert orjson.loads(raw.get("session:" + new))["n"] == 1  # type: ignore[arg-type]
     assert raw.get("session:" + victim) == victims_session
     assert list(index_entries(raw, "victim")) == [victim]
 
@@ -568,7 +589,7 @@ def test_a_login_between_a_logouts_read_and_its_exec_makes_the_logout_start_agai
 
     def zrange_then_login(self: redis.client.Pipeline, *args: Any, **kwargs: Any) -> Any:
         result: Any = zrange(self, *args, **kwargs)
-        reads.append([member.decode() for member, _score in result])
+        reads.append([member.decode() for member in result])
         if len(reads) == 1:  # the first time the logout reads the index, another worker logs in before it goes on
             logins.append(other_worker.regenerate(old) if login == "regenerate" else other_worker.create("frank", {}))
         return result
@@ -588,33 +609,37 @@ def test_a_login_between_a_logouts_read_and_its_exec_makes_the_logout_start_agai
     assert raw.exists(INDEX + "frank") == 0
 
 
-class ExecReplyLost:
-    """Patches redis-py so that, once armed, the next EXEC reply is read (the transaction ran on the server) and then
-    the connection is reported lost: what redis-py raises when a connection drops while reading that reply."""
+class ReplyLost:
+    """Patches redis-py so that, once armed, the next reply of the command armed for is read (the command ran on the
+    server) and then the connection is reported lost: what redis-py raises when a connection drops while reading it."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.armed = False
+        self.armed: str | None = None
         self.dropped = 0
-        parse_response = redis.client.Pipeline.parse_response
+        parse_response = redis.client.Redis.parse_response  # a pipeline's parse_response calls it too
 
-        def parse_then_drop(pipe: redis.client.Pipeline, connection: Any, command_name: Any, **options: Any) -> Any:
-            result = parse_response(pipe, connection, command_name, **options)
-            # "_" names every reply of a MULTI/EXEC; EXEC's is the only list among them (MULTI's is OK, then QUEUED)
-            if self.armed and command_name == "_" and isinstance(result, list):
-                self.armed = False
+        def parse_then_drop(client: redis.Redis, connection: Any, command_name: Any, **options: Any) -> Any:
+            result = parse_response(client, connection, command_name, **options)
+            if self.armed is not None and self._is_reply_armed_for(command_name, result):
+                self.armed = None
                 self.dropped += 1
-                raise redis.exceptions.ConnectionError("connection lost after EXEC (test)")
+                raise redis.exceptions.ConnectionError("connection lost while reading the reply (test)")
             return result
 
-        monkeypatch.setattr(redis.client.Pipeline, "parse_response", parse_then_drop)
+        monkeypatch.setattr(redis.client.Redis, "parse_response", parse_then_drop)
 
-    def arm(self) -> None:
-        self.armed = True
+    def _is_reply_armed_for(self, command_name: Any, result: Any) -> bool:
+        if self.armed == "EXEC":  # "_" names every reply of a MULTI/EXEC; EXEC's is the only list (MULTI's is OK)
+            return command_name == "_" and isinstance(result, list)
+        return command_name == self.armed
+
+    def arm(self, command: str = "EXEC") -> None:
+        self.armed = command
 
 
 @pytest.fixture
-def exec_reply_lost(monkeypatch: pytest.MonkeyPatch) -> ExecReplyLost:
-    return ExecReplyLost(monkeypatch)
+def reply_lost(monkeypatch: pytest.MonkeyPatch) -> ReplyLost:
+    return ReplyLost(monkeypatch)
 
 
 class Increment:
@@ -634,16 +659,16 @@ def stored_n(raw: redis.Redis, key: str) -> int:
 
 @pytest.mark.parametrize("resilient", [False, True], ids=["store", "resilient"])
 def test_an_update_whose_exec_reply_is_lost_raises_store_unavailable_and_is_applied_once(
-    redis_store: RedisSessionStore, raw: redis.Redis, exec_reply_lost: ExecReplyLost, resilient: bool
+    redis_store: RedisSessionStore, raw: redis.Redis, reply_lost: ReplyLost, resilient: bool
 ) -> None:
     """The EXEC ran, but the client cannot know: retrying would apply fn twice, so the outcome is reported unknown."""
     store = ResilientRedisSessionStore(lambda: redis_store) if resilient else redis_store
     redis_store.set("counter", {"n": 0})
     fn = Increment()
-    exec_reply_lost.arm()
+    reply_lost.arm()
     with pytest.raises(StoreUnavailable, match="outcome unknown"):
         store.update("counter", fn)
-    assert exec_reply_lost.dropped == 1
+    assert reply_lost.dropped == 1
     assert fn.calls == 1  # a single attempt, in the store and in the wrapper
     assert stored_n(raw, "counter") == 1  # applied once, not twice
     assert redis_store.stats()["conflicts"] == 0  # not taken for a lost race either
@@ -651,13 +676,13 @@ def test_an_update_whose_exec_reply_is_lost_raises_store_unavailable_and_is_appl
 
 
 def test_a_regenerate_whose_exec_reply_is_lost_raises_store_unavailable_and_is_applied_once(
-    redis_store: RedisSessionStore, raw: redis.Redis, exec_reply_lost: ExecReplyLost
+    redis_store: RedisSessionStore, raw: redis.Redis, reply_lost: ReplyLost
 ) -> None:
     old = redis_store.create("gus", {})
-    exec_reply_lost.arm()
+    reply_lost.arm()
     with pytest.raises(StoreUnavailable, match="outcome unknown"):
         redis_store.regenerate(old)
-    assert exec_reply_lost.dropped == 1
+    assert reply_lost.dropped == 1
     [new] = session_keys(raw)  # moved once: one new session, the old one gone
     assert new != old
     assert list(index_entries(raw, "gus")) == [new]
@@ -665,30 +690,31 @@ def test_a_regenerate_whose_exec_reply_is_lost_raises_store_unavailable_and_is_a
 
 
 def test_a_logout_whose_exec_reply_is_lost_raises_store_unavailable(
-    redis_store: RedisSessionStore, raw: redis.Redis, exec_reply_lost: ExecReplyLost
+    redis_store: RedisSessionStore, raw: redis.Redis, reply_lost: ReplyLost
 ) -> None:
     for _ in range(2):
         redis_store.create("gus", {})
-    exec_reply_lost.arm()
+    reply_lost.arm()
     with pytest.raises(StoreUnavailable):
         redis_store.delete_user_sessions("gus")
-    assert exec_reply_lost.dropped == 1
+    assert reply_lost.dropped == 1
     assert session_keys(raw) == set()
     assert raw.exists(INDEX + "gus") == 0
 
 
-def test_a_create_whose_exec_reply_is_lost_leaves_no_unindexed_session(
-    redis_store: RedisSessionStore, raw: redis.Redis, exec_reply_lost: ExecReplyLost
+def test_a_create_whose_script_reply_is_lost_leaves_no_unindexed_session(
+    redis_store: RedisSessionStore, raw: redis.Redis, reply_lost: ReplyLost
 ) -> None:
-    """create's MULTI watches nothing, so redis-py's own Retry (retry_attempts, 1 by default) sends it again after a
-    lost EXEC reply. Whatever create then does (return an id, or raise StoreUnavailable: outcome unknown), every live
-    session it wrote must be in the user's index, or "log out everywhere" cannot reach it."""
-    exec_reply_lost.arm()
+    """create is one script that watches nothing, so redis-py's own Retry (retry_attempts, 1 by default) sends it again
+    after a lost reply (the script finds its own payload and writes the same again). Whatever create then does (return
+    an id, or raise StoreUnavailable: outcome unknown), every live session it wrote must be in the user's index, or
+    "log out everywhere" cannot reach it."""
+    reply_lost.arm("EVALSHA")  # the reply of the EVALSHA that runs (a NOSCRIPT refusal before it raises first)
     try:
         made = [redis_store.create("hugo", {})]
     except StoreUnavailable:
         made = []
-    assert exec_reply_lost.dropped == 1
+    assert reply_lost.dropped == 1
     live = session_keys(raw)
     assert set(made) <= live
     assert set(index_entries(raw, "hugo")) == live, "a live session of the user is missing from its index"
@@ -864,7 +890,21 @@ def read_update(store: RedisSessionStore, key: str) -> None:
         store.update(key, dict)
 
 
-@pytest.mark.parametrize("read", [read_get, read_refresh, read_touch, read_many, read_update])
+def read_exists(store: RedisSessionStore, key: str) -> None:
+    assert store.exists(key) is False
+
+
+def read_ttl(store: RedisSessionStore, key: str) -> None:
+    assert store.ttl(key) is None
+
+
+def read_extend(store: RedisSessionStore, key: str) -> None:
+    assert store.extend_ttl(key, 600) is False
+
+
+@pytest.mark.parametrize(
+    "read", [read_get, read_refresh, read_touch, read_many, read_update, read_exists, read_ttl, read_extend]
+)
 def test_corrupt_data_logs_one_warning_with_the_reference_only(
     redis_store: RedisSessionStore,
     raw: redis.Redis,

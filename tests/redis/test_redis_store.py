@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -111,15 +112,32 @@ def test_get_many_skips_corrupt_entries_with_a_warning_each(
     assert [r.getMessage().count(session_ref("bad")) for r in caplog.records] == [1]
 
 
-def test_a_key_of_another_redis_type_reads_as_missing(
-    redis_store: RedisSessionStore, raw: redis.Redis, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda store: store.get("hash"),
+        lambda store: store.exists("hash"),
+        lambda store: store.ttl("hash"),
+        lambda store: store.touch("hash"),
+        lambda store: store.extend_ttl("hash", 600),
+        lambda store: store.get("hash", refresh=True),
+    ],
+    ids=["get", "exists", "ttl", "touch", "extend_ttl", "refresh"],
+)
+def test_a_key_of_another_redis_type_reads_as_missing_to_every_read(
+    redis_store: RedisSessionStore,
+    raw: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    read: Callable[[RedisSessionStore], object],
 ) -> None:
     raw.hset("session:hash", mapping={"secret-field": "v"})
+    raw.expire("session:hash", 100)
     with caplog.at_level(logging.WARNING):
-        assert redis_store.get("hash") is None
+        assert read(redis_store) in (None, False)  # get/ttl: None; exists/touch/extend_ttl: False
     assert len(caplog.records) == 1 and session_ref("hash") in caplog.records[0].getMessage()
     assert "secret-field" not in caplog.text
-    assert redis_store.exists("hash") is True  # still there: fmredis does not destroy what it cannot read
+    assert raw.type("session:hash") == b"hash"  # still there: fmredis does not destroy what it cannot read
+    assert 98 <= raw.ttl("session:hash") <= 100  # nor restart its expiry
 
 
 def free_port() -> int:
@@ -147,9 +165,12 @@ def test_server_errors_raise_store_error_naming_only_the_code(redis_store: Redis
             redis_store.set("k", {"token": "tok-123"})
     finally:
         raw.config_set("maxmemory", "0")
-    assert "OutOfMemoryError" in str(info.value) and "tok-123" not in str(info.value)
+    assert str(info.value).startswith("Redis SET failed: OutOfMemoryError: OOM command not allowed")
+    assert "tok-123" not in str(info.value)
     assert not isinstance(info.value, StoreUnavailable)
-    assert isinstance(info.value.__cause__, redis.ResponseError)
+    cause = info.value.__cause__
+    assert isinstance(cause, redis.exceptions.OutOfMemoryError)  # a scrubbed copy of redis-py's error, same class
+    assert cause.__traceback__ is None and info.value.__context__ is None
 
 
 def test_store_without_client_builds_one_from_the_environment(

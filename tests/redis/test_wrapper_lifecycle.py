@@ -8,15 +8,13 @@ import logging
 import secrets
 import threading
 import time
-import types
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 
-import fmredis.store
 from fmredis import (
     FallbackSessionStore,
     InMemorySessionStore,
@@ -25,163 +23,39 @@ from fmredis import (
     RedisSessionStore,
     ResilientRedisSessionStore,
     SerializationError,
-    SessionNotFound,
-    StoreError,
+    SessionExpired,
     StoreUnavailable,
 )
 from fmredis.breaker import CircuitBreaker
 from fmredis.lifecycle import session_ref
 from fmredis.serialization import parse_utc
-from fmredis.store import SessionUpdate
+from tests.fakes import FakeClock, FakePrimary
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Switchable(ISessionStore):
-    """A real store that raises ``StoreUnavailable`` on every call while ``down`` is set (as if cut off from Redis)."""
-
-    def __init__(self, inner: ISessionStore) -> None:
-        self.inner = inner
-        self.down = False
-
-    def _up(self) -> ISessionStore:
-        if self.down:
-            raise StoreUnavailable("primary is cut off")
-        return self.inner
-
-    def get(self, key: str, *, refresh: bool = False) -> dict[str, Any] | None:
-        return self._up().get(key, refresh=refresh)
-
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
-        self._up().set(key, value, ttl)
-
-    def delete(self, key: str) -> bool:
-        return self._up().delete(key)
-
-    def exists(self, key: str) -> bool:
-        return self._up().exists(key)
-
-    def extend_ttl(self, key: str, ttl: int | None = None) -> bool:
-        return self._up().extend_ttl(key, ttl)
-
-    def ttl(self, key: str) -> int | None:
-        return self._up().ttl(key)
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        return self._up().get_many(keys)
-
-    def delete_many(self, keys: Iterable[str]) -> int:
-        return self._up().delete_many(keys)
-
-    def touch(self, key: str, ttl: int | None = None) -> bool:
-        return self._up().touch(key, ttl)
-
-    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
-        return self._up().update(key, fn, ttl)
-
-    def create(self, user_id: str, data: dict[str, Any], ttl: int | None = None) -> str:
-        return self._up().create(user_id, data, ttl)
-
-    def regenerate(self, session_id: str) -> str:
-        return self._up().regenerate(session_id)
-
-    def sessions_for_user(self, user_id: str) -> list[str]:
-        return self._up().sessions_for_user(user_id)
-
-    def delete_user_sessions(self, user_id: str) -> int:
-        return self._up().delete_user_sessions(user_id)
-
-    def stats(self) -> dict[str, int]:
-        return self.inner.stats()
-
-
-class Fake(InMemorySessionStore):
-    """An in-memory primary/inner store that counts calls per method, can be 'down', and refuses chosen keys' SETs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-        self.refused: set[str] = set()
-        self.calls: dict[str, int] = {}
-
-    def _enter(self, name: str) -> None:
-        self.calls[name] = self.calls.get(name, 0) + 1
-        if self.down:
-            raise StoreUnavailable(f"{name}: store is down")
-
-    def get(self, key: str, *, refresh: bool = False) -> dict[str, Any] | None:
-        self._enter("get")
-        return super().get(key, refresh=refresh)
-
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
-        self._enter("set")
-        if key in self.refused:
-            raise StoreError("Redis SET failed: ResponseError OOM")
-        super().set(key, value, ttl)
-
-    def exists(self, key: str) -> bool:
-        self._enter("exists")
-        return super().exists(key)
-
-    def touch(self, key: str, ttl: int | None = None) -> bool:
-        self._enter("touch")
-        return super().touch(key, ttl)
-
-    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
-        self._enter("update")
-        return super().update(key, fn, ttl)
-
-    def create(self, user_id: str, data: dict[str, Any], ttl: int | None = None) -> str:
-        self._enter("create")
-        return super().create(user_id, data, ttl)
-
-    def regenerate(self, session_id: str) -> str:
-        self._enter("regenerate")
-        return super().regenerate(session_id)
-
-    def sessions_for_user(self, user_id: str) -> list[str]:
-        self._enter("sessions_for_user")
-        return super().sessions_for_user(user_id)
-
-    def delete_user_sessions(self, user_id: str) -> int:
-        self._enter("delete_user_sessions")
-        return super().delete_user_sessions(user_id)
-
-
-def cut_off(primary: Switchable | Fake, store: FallbackSessionStore) -> None:
+def cut_off(primary: FakePrimary, store: FallbackSessionStore) -> None:
     """Cut the primary off and make ``store`` notice (a call that fails over to memory)."""
     primary.down = True
     assert store.get("probe-the-outage") is None
     assert store.degraded
 
 
-def reconnect(primary: Switchable | Fake, store: FallbackSessionStore, clock: Clock) -> None:
+def reconnect(primary: FakePrimary, store: FallbackSessionStore, clock: FakeClock) -> None:
     primary.down = False
-    clock.now += 1.0
+    clock.advance(1.0)
     store.exists("anything")  # the call that probes, and writes the outage back
     assert not store.degraded
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def primary(redis_store: RedisSessionStore) -> FakePrimary:
+    """The Redis store, behind a switch that cuts it off (as if Redis went away)."""
+    return FakePrimary(redis_store)
 
 
 @pytest.fixture
-def primary(redis_store: RedisSessionStore) -> Switchable:
-    return Switchable(redis_store)
-
-
-@pytest.fixture
-def fallback(primary: Switchable, clock: Clock) -> FallbackSessionStore:
+def fallback(primary: FakePrimary, clock: FakeClock) -> FallbackSessionStore:
     return FallbackSessionStore(primary, probe_interval=1.0, clock=clock)
 
 
@@ -196,10 +70,10 @@ def token() -> str:
 def test_a_user_session_logged_out_elsewhere_is_not_revived(
     logout: str,
     fallback: FallbackSessionStore,
-    primary: Switchable,
+    primary: FakePrimary,
     redis_store: RedisSessionStore,
     raw: redis.Redis,
-    clock: Clock,
+    clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sid = fallback.create("alice", {"cart": 1})
@@ -228,13 +102,13 @@ def test_a_user_session_logged_out_elsewhere_is_not_revived(
 
 
 def test_a_user_session_still_in_redis_is_written_back(
-    fallback: FallbackSessionStore, primary: Switchable, redis_store: RedisSessionStore, clock: Clock
+    fallback: FallbackSessionStore, primary: FakePrimary, redis_store: RedisSessionStore, clock: FakeClock
 ) -> None:
     sid = fallback.create("bob", {"n": 1})
     session = redis_store.get(sid)
     assert session is not None
     cut_off(primary, fallback)
-    fallback.set(sid, {**session, "n": 2, "last_activity": "2999-01-01T00:00:00+00:00"})
+    fallback.set(sid, {**session, "n": 2})  # stamped now: memory's copy is newer than Redis's
     reconnect(primary, fallback, clock)
     assert redis_store.get(sid)["n"] == 2  # type: ignore[index]
     assert fallback.sessions_for_user("bob") == [sid]
@@ -243,7 +117,7 @@ def test_a_user_session_still_in_redis_is_written_back(
 
 
 def test_only_a_non_empty_str_user_id_makes_a_user_session(
-    fallback: FallbackSessionStore, primary: Switchable, redis_store: RedisSessionStore, clock: Clock
+    fallback: FallbackSessionStore, primary: FakePrimary, redis_store: RedisSessionStore, clock: FakeClock
 ) -> None:
     cut_off(primary, fallback)
     fallback.set("x", {"user_id": ""})  # no user: written back like an anonymous session
@@ -268,8 +142,8 @@ def _assert_only_ref(records: list[logging.LogRecord], key: str, text: str) -> N
         assert key not in repr(vars(record))
 
 
-def test_an_eviction_logs_the_session_ref_not_the_key(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
-    primary = Fake()
+def test_an_eviction_logs_the_session_ref_not_the_key(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    primary = FakePrimary()
     store = FallbackSessionStore(primary, probe_interval=1.0, clock=clock, max_entries=2)
     cut_off(primary, store)
     lost, kept = token(), [token(), token()]
@@ -281,8 +155,10 @@ def test_an_eviction_logs_the_session_ref_not_the_key(clock: Clock, caplog: pyte
     _assert_only_ref(caplog.records, lost, "evicted before it reached Redis")
 
 
-def test_a_failed_write_back_logs_the_session_ref_not_the_key(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
-    primary = Fake()
+def test_a_failed_write_back_logs_the_session_ref_not_the_key(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary = FakePrimary()
     store = FallbackSessionStore(primary, probe_interval=1.0, clock=clock)
     cut_off(primary, store)
     bad = token()
@@ -298,7 +174,7 @@ def test_a_failed_write_back_logs_the_session_ref_not_the_key(clock: Clock, capl
 
 
 def test_redis_only_calls_raise_store_unavailable_during_an_outage(
-    fallback: FallbackSessionStore, primary: Switchable
+    fallback: FallbackSessionStore, primary: FakePrimary
 ) -> None:
     sid = fallback.create("carol", {})
     cut_off(primary, fallback)
@@ -315,7 +191,7 @@ def test_redis_only_calls_raise_store_unavailable_during_an_outage(
 
 @pytest.mark.parametrize("down", [False, True], ids=["up", "outage"])
 def test_bad_create_input_raises_the_same_error_whether_or_not_redis_is_up(
-    down: bool, fallback: FallbackSessionStore, primary: Switchable
+    down: bool, fallback: FallbackSessionStore, primary: FakePrimary
 ) -> None:
     if down:
         cut_off(primary, fallback)
@@ -336,7 +212,7 @@ def test_bad_create_input_raises_the_same_error_whether_or_not_redis_is_up(
 
 
 def test_update_during_an_outage(
-    fallback: FallbackSessionStore, primary: Switchable, redis_store: RedisSessionStore, clock: Clock
+    fallback: FallbackSessionStore, primary: FakePrimary, redis_store: RedisSessionStore, clock: FakeClock
 ) -> None:
     before = fallback.create("frank", {"n": 1})  # in Redis only
     held = fallback.create("frank", {"n": 1})
@@ -360,27 +236,28 @@ def test_update_during_an_outage(
     assert sorted(fallback.sessions_for_user("frank")) == sorted([before, held])
 
 
-def test_update_of_a_held_session_at_its_lifetime_cap_raises_session_not_found(
-    primary: Switchable, clock: Clock, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.store_options(max_lifetime=3600)
+def test_update_of_a_held_session_at_its_lifetime_cap_raises_session_expired(
+    primary: FakePrimary, clock: FakeClock
 ) -> None:
-    store = FallbackSessionStore(primary, probe_interval=1.0, clock=clock, max_lifetime=3600)
-    cut_off(primary, store)
     created_at = "2026-01-01T00:00:00+00:00"
     created = parse_utc(created_at)
     assert created is not None
-    # The lifetime cap counts on the wall clock (time.time in fmredis.store): stop it where the test needs it.
-    wall = created.timestamp() + 3600 - 2
-    monkeypatch.setattr(fmredis.store, "time", types.SimpleNamespace(time=lambda: wall))
+    # Memory's lifetime cap counts on its wall clock: stopped where the test needs it.
+    wall = FakeClock(created.timestamp() + 3600 - 2)
+    memory = InMemorySessionStore(max_lifetime=3600, wall_clock=wall)  # the primary's TTL rules: accepted
+    store = FallbackSessionStore(primary, memory=memory, probe_interval=1.0, clock=clock)
+    cut_off(primary, store)
     store.set("capped", {"n": 1, "created_at": created_at})  # two seconds of lifetime left: held...
     assert store.exists("capped")
-    wall = created.timestamp() + 3600 - 0.5  # ...and the update reaches the cap
-    with pytest.raises(SessionNotFound):
+    wall.advance(1.5)  # ...and the update reaches the cap
+    with pytest.raises(SessionExpired):  # memory held it: its answer, not "needs Redis"
         store.update("capped", lambda s: {**s, "n": 2})
     assert not store.exists("capped")
 
 
 def test_touch_and_refresh_of_a_held_session_work_during_an_outage(
-    fallback: FallbackSessionStore, primary: Switchable, redis_store: RedisSessionStore, clock: Clock
+    fallback: FallbackSessionStore, primary: FakePrimary, redis_store: RedisSessionStore, clock: FakeClock
 ) -> None:
     sid = fallback.create("gina", {"n": 1})
     session = fallback.get(sid)
@@ -406,7 +283,7 @@ def _noop(_seconds: float) -> None:
     return None
 
 
-def resilient(factory: Callable[[], ISessionStore], **kwargs: Any) -> ResilientRedisSessionStore:
+def resilient(store: ISessionStore | Callable[[], ISessionStore], **kwargs: Any) -> ResilientRedisSessionStore:
     options: dict[str, Any] = {
         "attempts": 3,
         "rebuild_after": 1000,
@@ -414,11 +291,11 @@ def resilient(factory: Callable[[], ISessionStore], **kwargs: Any) -> ResilientR
         "sleep": _noop,
     }
     options.update(kwargs)
-    return ResilientRedisSessionStore(factory, **options)
+    return ResilientRedisSessionStore(store, **options)
 
 
 def test_non_idempotent_calls_get_one_attempt_and_the_rest_are_retried() -> None:
-    inner = Fake()
+    inner = FakePrimary()
     store = resilient(lambda: inner)
     sid = store.create("hank", {})
     inner.down = True
@@ -446,11 +323,27 @@ def test_non_idempotent_calls_get_one_attempt_and_the_rest_are_retried() -> None
     }
 
 
-def test_stats_keep_counting_across_a_rebuild_and_the_old_store_is_dropped() -> None:
-    built: list[weakref.ref[Fake]] = []
+def test_a_store_instance_that_cannot_rebuild_is_kept_and_not_closed() -> None:
+    """Given a store instance without ``rebuild()``, a rebuild keeps the store: it is neither replaced nor closed."""
+    inner = FakePrimary()
+    store = resilient(inner, attempts=2, rebuild_after=1)
+    store.set("k", {"v": 1})
+    inner.down = True
+    with pytest.raises(StoreUnavailable, match="after 2 attempt"):
+        store.get("k")
+    assert store.rebuilds == 2 and store.store is inner and inner.closed == 0
+    inner.down = False
+    assert store.get("k") is not None  # the same store, still open, serves again
+    with store:
+        pass
+    assert inner.closed == 1  # closing the wrapper closes the store inside
 
-    def factory() -> Fake:
-        made = Fake()
+
+def test_stats_keep_counting_across_a_rebuild_and_the_old_store_is_dropped() -> None:
+    built: list[weakref.ref[FakePrimary]] = []
+
+    def factory() -> FakePrimary:
+        made = FakePrimary()
         built.append(weakref.ref(made))
         return made
 
@@ -488,10 +381,10 @@ def test_stats_keep_counting_across_a_rebuild_and_the_old_store_is_dropped() -> 
 
 
 def test_stats_never_go_back_while_stores_are_replaced_under_load() -> None:
-    built: list[weakref.ref[Fake]] = []
+    built: list[weakref.ref[FakePrimary]] = []
 
-    def factory() -> Fake:
-        made = Fake()
+    def factory() -> FakePrimary:
+        made = FakePrimary()
         built.append(weakref.ref(made))
         return made
 
@@ -538,8 +431,8 @@ def test_stats_never_go_back_while_stores_are_replaced_under_load() -> None:
 def test_a_rebuild_whose_factory_fails_keeps_the_current_store(caplog: pytest.LogCaptureFixture) -> None:
     """A factory that cannot build a client (a cluster client finds no node) must not break the call that triggered
     the rebuild: the current store stays, the failure is logged, and a later rebuild may succeed."""
-    first = Fake()
-    outcomes: list[ISessionStore | Exception] = [first, StoreUnavailable("no node answers"), Fake()]
+    first = FakePrimary()
+    outcomes: list[ISessionStore | Exception] = [first, StoreUnavailable("no node answers"), FakePrimary()]
 
     def factory() -> ISessionStore:
         outcome = outcomes.pop(0)

@@ -2,8 +2,9 @@
 
 The generic contract suites already run against ``cluster_store`` (test_store_contract.py, test_lifecycle_contract.py).
 Here: bulk calls over keys in hundreds of slots on all three nodes (one MGET / UNLINK per slot), the per-user hash tag
-that keeps create/regenerate/"log out everywhere" single MULTI/EXECs, WATCH in cluster transactions, diagnostics, the
-per-node blocking pool bound, and - last, on a cluster of its own - what callers see when a master is shut down.
+that keeps create a single script and regenerate/"log out everywhere" single MULTI/EXECs on the user's node, WATCH in
+cluster transactions, diagnostics, the per-node blocking pool bound, and - last, on a cluster of its own - what callers
+see when a master is shut down.
 
 Which node owns a key is worked out independently of the client under test: ``cluster_client.keyslot`` for the slot,
 ``CLUSTER SLOTS`` from a plain connection for its owner, and each node's own DBSIZE / commandstats as ground truth.
@@ -31,8 +32,8 @@ from redis.exceptions import ClusterCrossSlotError, ClusterDownError, RedisClust
 
 from fmredis import RedisSessionStore, StoreError, StoreUnavailable, create_redis_client, diagnostics
 from fmredis.client import RedisClient
-from tests.harness.faults import LOOPBACK
-from tests.harness.topology import Address, NotReady, RedisCluster3, free_ports, make_client, wait_until
+from tests.harness.cluster import RedisCluster3, info_fields
+from tests.harness.servers import LOOPBACK, Address, NotReady, free_port, make_client, wait_until
 
 pytestmark = pytest.mark.topology
 
@@ -83,13 +84,25 @@ def dbsizes(nodes: list[Address]) -> dict[Address, int]:
     return sizes
 
 
-def command_calls(nodes: list[Address], command: str) -> int:
-    """How often ``command`` ran so far, summed over the nodes (INFO commandstats)."""
-    total = 0
+def calls_per_node(nodes: list[Address], *commands: str) -> Counter[Address]:
+    """How often ``commands`` succeeded so far on each node (INFO commandstats: calls minus failed calls, so that an
+    EVALSHA answered NOSCRIPT, which redis-py follows with SCRIPT LOAD and EVALSHA again, is not counted)."""
+    counts: Counter[Address] = Counter()
     for node in nodes:
         with make_client(node) as probe:
-            total += int(probe.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
-    return total
+            stats = probe.info("commandstats")
+        for command in commands:
+            entry = stats.get(f"cmdstat_{command}", {})
+            counts[node] += int(entry.get("calls", 0)) - int(entry.get("failed_calls", 0))
+    return counts
+
+
+def command_calls(nodes: list[Address], *commands: str) -> int:
+    """How often ``commands`` succeeded so far, summed over the nodes."""
+    return sum(calls_per_node(nodes, *commands).values())
+
+
+SCRIPTS = ("evalsha", "eval")
 
 
 def keys_per_node(client: RedisClient, owners: SlotOwners, nodes: list[Address], stem: str) -> dict[Address, str]:
@@ -197,9 +210,11 @@ def test_create_tags_the_session_id_into_the_slot_of_the_users_index(
     cluster_client: RedisClient, cluster_nodes: list[Address], cluster_store: RedisSessionStore, user_id: str
 ) -> None:
     tag = tag_of(user_id)  # the user's own braces come after the tag, so Redis hashes the tag
-    before = command_calls(cluster_nodes, "exec")
+    home = SlotOwners(cluster_nodes).of_key(cluster_client, index_key(user_id))
+    scripts, execs = calls_per_node(cluster_nodes, *SCRIPTS), command_calls(cluster_nodes, "exec")
     session_id = cluster_store.create(user_id, {"n": 1})
-    assert command_calls(cluster_nodes, "exec") - before == 1  # one MULTI/EXEC: index entry and session together
+    assert calls_per_node(cluster_nodes, *SCRIPTS) - scripts == Counter({home: 1})  # index entry and session together
+    assert command_calls(cluster_nodes, "exec") == execs  # in the script, not in a MULTI/EXEC
     assert session_id.startswith(tag) and len(session_id) >= len(tag) + 40
     assert slot(cluster_client, PREFIX + session_id) == slot(cluster_client, index_key(user_id))
     assert slot(cluster_client, index_key(user_id)) == slot(cluster_client, tag[1:-1])
@@ -216,9 +231,9 @@ def test_create_regenerate_and_log_out_for_users_on_every_node(
     homes = {user: owners.of_key(cluster_client, index_key(user)) for user in users}
     assert set(homes.values()) == set(cluster_nodes)
 
-    before = command_calls(cluster_nodes, "exec")
+    before = calls_per_node(cluster_nodes, *SCRIPTS)
     ids = {user: [store.create(user, {"user": user, "n": n}) for n in range(3)] for user in users}
-    assert command_calls(cluster_nodes, "exec") - before == 3 * len(users)  # one MULTI/EXEC per create
+    assert calls_per_node(cluster_nodes, *SCRIPTS) - before == Counter(3 * [homes[user] for user in users])  # 1 each
     for user, sessions in ids.items():
         assert {owners.of_key(cluster_client, PREFIX + sid) for sid in sessions} == {homes[user]}
 
@@ -417,7 +432,7 @@ def test_node_pools_of_two_make_12_threads_wait_instead_of_failing(cluster_nodes
 def test_a_cluster_client_without_a_reachable_node_fails_at_creation_as_an_outage() -> None:
     """``RedisCluster`` reads the topology in its constructor, so (as documented) a cluster client is not lazy: with no
     node reachable, creating it raises ``StoreUnavailable`` naming the address, with redis-py's error as the cause."""
-    (port,) = free_ports(1)
+    port = free_port()
     with pytest.raises(StoreUnavailable) as info:
         create_redis_client(mode="cluster", cluster_nodes=[(LOOPBACK, port)], environ={})
     assert (
@@ -442,8 +457,7 @@ class BrokenCluster:
 
 def _cluster_state(node: Address) -> str:
     with make_client(node) as probe:
-        info = probe.execute_command("CLUSTER", "INFO")
-    return dict(line.split(":", 1) for line in info.splitlines() if ":" in line)["cluster_state"]
+        return info_fields(probe.execute_command("CLUSTER", "INFO"))["cluster_state"]
 
 
 def _refuses(node: Address) -> None:

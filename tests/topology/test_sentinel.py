@@ -1,5 +1,5 @@
-"""Sentinel mode end to end, against real sentinels (tests/topology.py): passwords, diagnostics, failover and master
-kill under load, the bounded pool.
+"""Sentinel mode end to end, against real sentinels (tests/harness/sentinel.py): passwords, diagnostics, failover and
+master kill under load, the bounded pool.
 
 Layout: the tests on the shared, password-less setup (``sentinel_setup``, which they may fail over but never kill)
 come first; then a module-scoped setup of this file's own with passwords on the data nodes and on the sentinels, whose
@@ -29,16 +29,9 @@ from fmredis import (
     diagnostics,
 )
 from fmredis.client import BlockingSentinelConnectionPool, RedisClient
-from tests.harness.faults import LOOPBACK
-from tests.harness.topology import (
-    SESSION_PREFIX,
-    Address,
-    SentinelSetup,
-    WriteLoad,
-    free_ports,
-    make_client,
-    unreadable,
-)
+from tests.harness.loads import SESSION_PREFIX, WriteLoad, unreadable
+from tests.harness.sentinel import SentinelSetup
+from tests.harness.servers import LOOPBACK, Address, free_port, make_client
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(180)]
 
@@ -48,7 +41,7 @@ KILL_RECOVERY_BOUND = 20.0  # liveness: seconds from SIGKILL of the master until
 REPLICATION_LAG_BOUND = 1.0  # a SIGKILL may lose what the master acknowledged this shortly before it, never more
 
 
-# --- lost writes: `topology.WriteLoad` records what callers saw acknowledged, `topology.unreadable` reads it back -----
+# --- lost writes: `loads.WriteLoad` records what callers saw acknowledged, `loads.unreadable` reads them back --------
 
 
 def describe_lost(lost: list[str], load: WriteLoad, fault: float) -> str:
@@ -173,7 +166,7 @@ def test_unreachable_sentinel_does_not_stall_the_first_call(sentinels: tuple[lis
     """A sentinel that refuses connections (first in the list) should cost about fmredis' retry_attempts x backoff, not
     redis-py's default retry of the sentinel clients (10 retries with backoff up to 1 s)."""
     addresses, name = sentinels
-    (dead,) = free_ports(1)
+    dead = free_port()
     client = create_redis_client(
         mode="sentinel",
         sentinels=[(LOOPBACK, dead), *addresses],

@@ -1,4 +1,4 @@
-"""Tests of the topology harness in tests/topology.py (cluster, sentinel, TLS, ACL), driven with plain redis-py.
+"""Tests of the topology harness in tests/harness (cluster, sentinel, TLS, ACL), driven with plain redis-py.
 
 The timings (startup, failover, kill-to-new-master) are printed and recorded as test properties (``-rP`` shows them).
 The destructive sentinel test (SIGKILL of the master) runs on its own password-protected setup, last in this module.
@@ -6,8 +6,6 @@ The destructive sentinel test (SIGKILL of the master) runs on its own password-p
 
 from __future__ import annotations
 
-import os
-import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -17,32 +15,16 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
-from tests.harness.faults import LOOPBACK
-from tests.harness.topology import (
-    Address,
-    RedisCluster3,
-    SentinelSetup,
-    ServerProcess,
-    TLSCerts,
-    TLSRedis,
-    TopologyError,
-    free_ports,
-    make_client,
-    temporary_acl_user,
-)
+from tests.harness.acl import temporary_acl_user
+from tests.harness.cluster import RedisCluster3
+from tests.harness.sentinel import SentinelSetup
+from tests.harness.servers import LOOPBACK, Address, gone, make_client
+from tests.harness.tls import TLSCerts, TLSRedis
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(120)]
 
 SOCKET_TIMEOUT = 1.0
 MAX_FAILOVER_SECONDS = 15.0
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def _ssl_errors(exc: BaseException) -> list[BaseException]:
@@ -84,40 +66,6 @@ def _sentinel(
 def _close_sentinel(sentinel: Sentinel) -> None:
     for client in sentinel.sentinels:
         client.close()
-
-
-# --- process basics ---------------------------------------------------------------------------------------------------
-
-
-def test_free_ports_are_distinct() -> None:
-    ports = free_ports(20)
-    assert len(set(ports)) == 20
-
-
-def test_server_with_bad_config_fails_fast_with_its_log() -> None:
-    (port,) = free_ports(1)
-    server = ServerProcess("bad", port, [("no-such-directive", "x")], start_timeout=10)
-    started = time.monotonic()
-    with pytest.raises(TopologyError, match="no-such-directive"):
-        server.start()
-    assert time.monotonic() - started < 5  # not retried: only "Address already in use" is
-    assert all(_gone(pid) for pid in server.pids)
-    server.close()
-    assert not os.path.exists(server.directory)
-
-
-def test_server_on_a_busy_port_retries_until_its_deadline() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
-        holder.bind((LOOPBACK, 0))
-        holder.listen(1)
-        server = ServerProcess("busy", holder.getsockname()[1], start_timeout=1.0)
-        try:
-            with pytest.raises(TopologyError, match="Address already in use"):
-                server.start()
-            assert len(server.pids) > 1
-            assert all(_gone(pid) for pid in server.pids)
-        finally:
-            server.close()
 
 
 # --- cluster ----------------------------------------------------------------------------------------------------------
@@ -264,7 +212,7 @@ def test_tls_auth_clients_yes_requires_a_client_certificate(tls_certs: TLSCerts)
         with make_client(server.address, **without_cert) as client, pytest.raises(redis.ConnectionError):
             client.ping()
     assert pids
-    assert all(_gone(pid) for pid in pids)
+    assert all(gone(pid) for pid in pids)
 
 
 # --- ACL --------------------------------------------------------------------------------------------------------------
@@ -352,4 +300,4 @@ def test_killing_the_master_elects_a_new_one(
     pids = secured_setup.pids
     assert len(pids) >= 6  # 2 data nodes + 3 sentinels + the restarted old master (+ any start retries)
     secured_setup.stop()
-    assert all(_gone(pid) for pid in pids)
+    assert all(gone(pid) for pid in pids)

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 
 import pytest
 
 from fmredis.breaker import CircuitBreaker
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.fakes import FakeClock
 
 
 def test_opens_after_the_threshold_of_consecutive_failures(clock: FakeClock) -> None:
@@ -91,10 +80,24 @@ def test_each_transition_is_logged_once(clock: FakeClock, caplog: pytest.LogCapt
     ]
 
 
-@pytest.mark.parametrize("kwargs", [{"failure_threshold": 0}, {"failure_threshold": 1.5}, {"cooldown": -1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"failure_threshold": 0},
+        {"failure_threshold": 1.5},
+        {"cooldown": -1},
+        {"cooldown": math.inf},
+        {"cooldown": math.nan},
+        {"cooldown": 86_401},  # durations are bounded to a day
+        {"cooldown": 1e10},
+    ],
+    ids=repr,
+)
 def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
+    [name] = kwargs
+    with pytest.raises(ValueError, match=name):
         CircuitBreaker(**kwargs)  # type: ignore[arg-type]
+    assert CircuitBreaker(**{name: 1}).allow()  # the control: the same setting in range is taken
 
 
 def test_only_one_of_many_threads_gets_the_half_open_probe(clock: FakeClock) -> None:

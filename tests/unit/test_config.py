@@ -19,24 +19,13 @@ from hypothesis import strategies as st
 import fmredis.config as config_module
 from fmredis.config import ConfigManager, RedisSettings, resolve_settings
 from fmredis.errors import ConfigurationError, FmRedisError
+from tests.fakes import FakeConfigManager
 
 SECRET = "S3cr3t-pw"
 
 FIELD_DEFAULTS = {f.name: f.default for f in attrs.fields(RedisSettings) if f.name != "sources"}
 
 no_db = settings(database=None, deadline=None, max_examples=200)
-
-
-class FakeManager:
-    """A configuration manager returning fixed values, counting how often it is asked."""
-
-    def __init__(self, values: object) -> None:
-        self.values = values
-        self.calls = 0
-
-    def get_redis_settings(self) -> Any:
-        self.calls += 1
-        return self.values
 
 
 def assert_rest_default(s: RedisSettings, *, except_: set[str]) -> None:
@@ -113,7 +102,7 @@ class TestSingleTier:
         assert_rest_default(s, except_={"host", "port", "db", "ssl", "unix_socket_path", "mode"})
 
     def test_config_manager(self) -> None:
-        manager = FakeManager({"port": 6392})
+        manager = FakeConfigManager({"port": 6392})
         s = resolve_settings(environ={}, config_manager=manager)
         assert s.port == 6392
         assert s.source_of("port") == "config manager key 'port'"
@@ -121,13 +110,13 @@ class TestSingleTier:
         assert_rest_default(s, except_={"port"})
 
     def test_config_manager_string_values_are_parsed(self) -> None:
-        manager = FakeManager({"port": "6393", "socket_timeout": "2.5", "ssl": "yes"})
+        manager = FakeConfigManager({"port": "6393", "socket_timeout": "2.5", "ssl": "yes"})
         s = resolve_settings(environ={}, config_manager=manager)
         assert (s.port, s.socket_timeout, s.ssl) == (6393, 2.5, True)
         assert s.source_of("ssl") == "config manager key 'ssl'"
 
     def test_fake_manager_satisfies_the_protocol(self) -> None:
-        assert isinstance(FakeManager({}), ConfigManager)
+        assert isinstance(FakeConfigManager({}), ConfigManager)
 
     def test_individual_environment_variable(self) -> None:
         s = resolve_settings(environ={"REDIS_PORT": "6394"})
@@ -167,7 +156,7 @@ class TestMerge:
             "REDIS_DB": "9",
             "REDIS_PASSWORD": "env-pw",
         }
-        manager = FakeManager({"host": "cm-host", "port": 2222, "db": 4})
+        manager = FakeConfigManager({"host": "cm-host", "port": 2222, "db": 4})
         s = resolve_settings(environ=environ, config_manager=manager, host="explicit-host")
 
         assert (s.host, s.source_of("host")) == ("explicit-host", "argument host")
@@ -192,14 +181,14 @@ class TestMerge:
 
     def test_url_beats_config_manager_beats_environment(self) -> None:
         environ = {"REDIS_URL": "redis://h/1", "REDIS_DB": "3", "REDIS_MAX_CONNECTIONS": "9"}
-        manager = FakeManager({"db": 2, "max_connections": 8})
+        manager = FakeConfigManager({"db": 2, "max_connections": 8})
         s = resolve_settings(environ=environ, config_manager=manager)
         assert (s.db, s.source_of("db")) == (1, "REDIS_URL")
         assert (s.max_connections, s.source_of("max_connections")) == (8, "config manager key 'max_connections'")
 
     def test_explicit_beats_everything(self) -> None:
         environ = {"REDIS_URL": "redis://h:6390?max_connections=5", "REDIS_MAX_CONNECTIONS": "7"}
-        manager = FakeManager({"max_connections": 6})
+        manager = FakeConfigManager({"max_connections": 6})
         s = resolve_settings(environ=environ, config_manager=manager, max_connections=4, port=6400)
         assert (s.max_connections, s.source_of("max_connections")) == (4, "argument max_connections")
         assert (s.port, s.source_of("port")) == (6400, "argument port")
@@ -218,7 +207,7 @@ class TestMerge:
         assert s.host == "ok"
 
     def test_config_manager_is_called_once(self) -> None:
-        manager = FakeManager({"db": 1})
+        manager = FakeConfigManager({"db": 1})
         resolve_settings(environ={}, config_manager=manager)
         assert manager.calls == 1
 
@@ -238,7 +227,7 @@ class TestMerge:
             environ["REDIS_URL"] = "redis://h" + (f":{url_port}" if url_port is not None else "")
         if env is not None:
             environ["REDIS_PORT"] = f" {env} "
-        s = resolve_settings(environ=environ, config_manager=FakeManager({"port": manager}), port=explicit)
+        s = resolve_settings(environ=environ, config_manager=FakeConfigManager({"port": manager}), port=explicit)
 
         candidates = [
             (explicit, "argument port"),
@@ -342,7 +331,7 @@ class TestAddressRule:
         assert s.address == "redis://unix:/tmp/r.sock/1"
 
     def test_url_host_hides_config_manager_unix_socket(self) -> None:
-        manager = FakeManager({"unix_socket_path": "/tmp/cm.sock"})
+        manager = FakeConfigManager({"unix_socket_path": "/tmp/cm.sock"})
         s = resolve_settings(environ={"REDIS_URL": "redis://url-host"}, config_manager=manager)
         assert (s.host, s.unix_socket_path) == ("url-host", None)
 
@@ -352,17 +341,17 @@ class TestAddressRule:
         assert s.host == "localhost"
 
     def test_config_manager_host_hides_environment_unix_socket(self) -> None:
-        manager = FakeManager({"host": "cm-host"})
+        manager = FakeConfigManager({"host": "cm-host"})
         s = resolve_settings(environ={"REDIS_UNIX_SOCKET_PATH": "/tmp/env.sock"}, config_manager=manager)
         assert (s.host, s.unix_socket_path) == ("cm-host", None)
 
     def test_config_manager_unix_socket_hides_environment_host(self) -> None:
-        manager = FakeManager({"unix_socket_path": "/tmp/cm.sock"})
+        manager = FakeConfigManager({"unix_socket_path": "/tmp/cm.sock"})
         s = resolve_settings(environ={"REDIS_HOST": "env-host"}, config_manager=manager)
         assert (s.host, s.unix_socket_path) == ("localhost", "/tmp/cm.sock")
 
     def test_lower_tier_address_applies_when_no_higher_tier_names_one(self) -> None:
-        manager = FakeManager({"port": 6390})  # names no address
+        manager = FakeConfigManager({"port": 6390})  # names no address
         s = resolve_settings(environ={"REDIS_UNIX_SOCKET_PATH": "/tmp/env.sock"}, config_manager=manager, db=2)
         assert s.unix_socket_path == "/tmp/env.sock"
         assert s.source_of("unix_socket_path") == "environment variable REDIS_UNIX_SOCKET_PATH"
@@ -372,7 +361,7 @@ class TestAddressRule:
         [
             pytest.param({"host": "h", "unix_socket_path": "/s"}, "argument host", id="explicit"),
             pytest.param(
-                {"config_manager": FakeManager({"host": "h", "unix_socket_path": "/s"})},
+                {"config_manager": FakeConfigManager({"host": "h", "unix_socket_path": "/s"})},
                 "config manager key 'host'",
                 id="config-manager",
             ),
@@ -410,7 +399,7 @@ ERROR_TABLE = [
     pytest.param(Raises("port", "argument port", port=70000), id="port-70000-explicit"),
     pytest.param(Raises("port", "argument url", url="redis://h:0"), id="port-0-url"),
     pytest.param(
-        Raises("port", "config manager key 'port'", config_manager=FakeManager({"port": 0})), id="port-0-manager"
+        Raises("port", "config manager key 'port'", config_manager=FakeConfigManager({"port": 0})), id="port-0-manager"
     ),
     pytest.param(Raises("port", "argument port", port=True), id="port-bool"),
     pytest.param(Raises("port", "argument port", port=6379.0), id="port-float"),
@@ -423,7 +412,7 @@ ERROR_TABLE = [
         Raises(
             "socket_connect_timeout",
             "config manager key 'socket_connect_timeout'",
-            config_manager=FakeManager({"socket_connect_timeout": "nan"}),
+            config_manager=FakeConfigManager({"socket_connect_timeout": "nan"}),
         ),
         id="timeout-nan",
     ),
@@ -431,6 +420,14 @@ ERROR_TABLE = [
         Raises("socket_timeout", "argument socket_timeout", socket_timeout=math.inf), id="timeout-inf-explicit"
     ),
     pytest.param(Raises("socket_timeout", "argument socket_timeout", socket_timeout=0), id="timeout-zero"),
+    pytest.param(Raises("socket_timeout", "argument socket_timeout", socket_timeout=1e10), id="timeout-beyond-a-day"),
+    pytest.param(
+        Raises("pool_timeout", "environment variable REDIS_POOL_TIMEOUT", environ={"REDIS_POOL_TIMEOUT": "86401"}),
+        id="pool-timeout-beyond-a-day-env",
+    ),
+    pytest.param(
+        Raises("retry_attempts", "argument url", url="redis://h?retry_attempts=101"), id="retry-attempts-over-100"
+    ),
     pytest.param(
         Raises("max_connections", "argument url", url="redis://h?max_connections=0"), id="max-connections-0-url"
     ),
@@ -452,10 +449,12 @@ ERROR_TABLE = [
     pytest.param(Raises("colour", "argument colour", colour="blue"), id="explicit-unknown-kwarg"),
     pytest.param(Raises("sources", "argument sources", sources={}), id="explicit-sources-kwarg"),
     pytest.param(
-        Raises("colour", "config manager key 'colour'", config_manager=FakeManager({"colour": "blue"})),
+        Raises("colour", "config manager key 'colour'", config_manager=FakeConfigManager({"colour": "blue"})),
         id="manager-unknown-key",
     ),
-    pytest.param(Raises(None, "config manager", config_manager=FakeManager(["port", 6379])), id="manager-non-mapping"),
+    pytest.param(
+        Raises(None, "config manager", config_manager=FakeConfigManager(["port", 6379])), id="manager-non-mapping"
+    ),
     pytest.param(Raises("host", "argument host", host=""), id="host-empty"),
     pytest.param(Raises("host", "argument host", host=42), id="host-int"),
     pytest.param(Raises("ssl_cert_reqs", "argument ssl_cert_reqs", ssl_cert_reqs="sometimes"), id="cert-reqs"),
@@ -481,6 +480,11 @@ class TestErrors:
         assert err.source == row.source
         assert str(err).startswith(f"{row.source}: ")
 
+    def test_the_bounds_themselves_are_accepted(self) -> None:
+        """The control for the rows beyond a day and over 100 attempts."""
+        s = resolve_settings(environ={}, socket_timeout=86_400, pool_timeout=86_400, retry_attempts=100)
+        assert (s.socket_timeout, s.pool_timeout, s.retry_attempts) == (86_400, 86_400, 100)
+
     def test_bad_value_is_quoted_for_non_secret_fields(self) -> None:
         with pytest.raises(ConfigurationError, match="'abc'"):
             resolve_settings(environ={"REDIS_PORT": "abc"})
@@ -505,7 +509,7 @@ def _resolve_password_via(where: str) -> RedisSettings:
     if where == "explicit":
         return resolve_settings(environ={}, password=SECRET)
     if where == "config-manager":
-        return resolve_settings(environ={}, config_manager=FakeManager({"password": SECRET}))
+        return resolve_settings(environ={}, config_manager=FakeConfigManager({"password": SECRET}))
     raise AssertionError(where)
 
 
@@ -584,7 +588,7 @@ class TestSecrets:
         [
             pytest.param({"password": SECRET.encode()}, id="explicit-bytes"),
             pytest.param({"password": [SECRET]}, id="explicit-list"),
-            pytest.param({"config_manager": FakeManager({"password": (SECRET,)})}, id="manager-tuple"),
+            pytest.param({"config_manager": FakeConfigManager({"password": (SECRET,)})}, id="manager-tuple"),
         ],
     )
     def test_wrong_type_password_is_not_echoed(self, call: dict[str, Any]) -> None:
@@ -644,7 +648,7 @@ class TestNotGiven:
         assert s.unix_socket_path == "/tmp/env.sock"
 
     def test_none_in_config_manager_counts_as_not_given(self) -> None:
-        s = resolve_settings(environ={"REDIS_DB": "5"}, config_manager=FakeManager({"db": None, "host": None}))
+        s = resolve_settings(environ={"REDIS_DB": "5"}, config_manager=FakeConfigManager({"db": None, "host": None}))
         assert (s.db, s.source_of("db")) == (5, "environment variable REDIS_DB")
         assert s.source_of("host") == "default"
 
@@ -751,7 +755,7 @@ class TestProcessEnvironment:
 
     def test_environ_argument_never_touches_os_environ(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(config_module, "os", _EnvironTripwire())
-        s = resolve_settings(environ={"REDIS_DB": "3"}, config_manager=FakeManager({"port": 6390}), host="h")
+        s = resolve_settings(environ={"REDIS_DB": "3"}, config_manager=FakeConfigManager({"port": 6390}), host="h")
         assert (s.host, s.port, s.db) == ("h", 6390, 3)
 
     def test_os_environ_is_read_when_environ_is_omitted(self, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ import fmredis.client as client_module
 from fmredis.client import BlockingSentinelConnectionPool, build_connection_pool, create_redis_client
 from fmredis.config import RedisSettings, resolve_settings
 from fmredis.errors import ConfigurationError
+from tests.fakes import FakeConfigManager
 
 SECRET = "S3cr3t-pw"
 SENTINEL_SECRET = "Sent1nel-S3cr3t"
@@ -38,16 +39,6 @@ SENTINEL_ENV = {
 
 #: Addresses where nothing listens (port 1 on loopback); only safe because nothing here connects.
 UNREACHABLE = "127.0.0.1:1,127.0.0.1:2"
-
-
-class FakeManager:
-    """A configuration manager returning fixed values."""
-
-    def __init__(self, values: object) -> None:
-        self.values = values
-
-    def get_redis_settings(self) -> Any:
-        return self.values
 
 
 def explain_row(s: RedisSettings, name: str) -> str:
@@ -100,7 +91,7 @@ class TestModeTiers:
             assert (s.sentinel_master, s.source_of("sentinel_master")) == ("mymaster", label)
 
     def test_config_manager(self) -> None:
-        manager = FakeManager({"mode": "cluster", "cluster_nodes": [("n1", 7000), ("n2", "7001")]})
+        manager = FakeConfigManager({"mode": "cluster", "cluster_nodes": [("n1", 7000), ("n2", "7001")]})
         s = resolve_settings(environ={}, config_manager=manager)
         assert (s.mode, s.cluster_nodes) == ("cluster", (("n1", 7000), ("n2", 7001)))
         assert s.source_of("mode") == "config manager key 'mode'"
@@ -122,7 +113,7 @@ class TestModeTiers:
         elif tier == "environment":
             s = resolve_settings(environ={**SENTINEL_ENV, "REDIS_MODE": given_mode})
         else:
-            s = resolve_settings(environ={}, config_manager=FakeManager({"mode": given_mode, **rest}))
+            s = resolve_settings(environ={}, config_manager=FakeConfigManager({"mode": given_mode, **rest}))
         assert s.mode == "sentinel"
 
     def test_explicit_mode_beats_environment_mode(self) -> None:
@@ -131,12 +122,12 @@ class TestModeTiers:
         assert s.source_of("sentinels") == "environment variable REDIS_SENTINELS"
 
     def test_explicit_mode_beats_config_manager_mode(self) -> None:
-        manager = FakeManager({"mode": "sentinel"})
+        manager = FakeConfigManager({"mode": "sentinel"})
         s = resolve_settings(environ={}, config_manager=manager, mode="cluster")
         assert (s.mode, s.source_of("mode")) == ("cluster", "argument mode")
 
     def test_url_scheme_beats_config_manager_and_environment(self) -> None:
-        manager = FakeManager({"mode": "sentinel"})
+        manager = FakeConfigManager({"mode": "sentinel"})
         s = resolve_settings(
             environ={"REDIS_URL": "redis+cluster://n1:7000", "REDIS_MODE": "sentinel"}, config_manager=manager
         )
@@ -144,7 +135,7 @@ class TestModeTiers:
         assert (s.cluster_nodes, s.source_of("cluster_nodes")) == ((("n1", 7000),), "REDIS_URL")
 
     def test_config_manager_beats_environment(self) -> None:
-        manager = FakeManager({"mode": "cluster"})
+        manager = FakeConfigManager({"mode": "cluster"})
         s = resolve_settings(environ={"REDIS_MODE": "sentinel"}, config_manager=manager)
         assert (s.mode, s.source_of("mode")) == ("cluster", "config manager key 'mode'")
 
@@ -160,7 +151,7 @@ class TestModeTiers:
         assert (s.mode, s.source_of("mode")) == ("sentinel", "argument url")
 
     def test_fields_merge_across_tiers(self) -> None:
-        manager = FakeManager({"sentinels": [("cm", 26379)]})
+        manager = FakeConfigManager({"sentinels": [("cm", 26379)]})
         s = resolve_settings(
             environ={"REDIS_SENTINEL_MASTER": "envmaster", "REDIS_SENTINELS": "env:1"},
             config_manager=manager,
@@ -243,7 +234,7 @@ class TestNodeParsing:
         if tier == "explicit":
             s = resolve_settings(environ={}, mode="sentinel", sentinel_master="m", sentinels=value)
         else:
-            manager = FakeManager({"mode": "sentinel", "sentinel_master": "m", "sentinels": value})
+            manager = FakeConfigManager({"mode": "sentinel", "sentinel_master": "m", "sentinels": value})
             s = resolve_settings(environ={}, config_manager=manager)
         assert s.sentinels == (("a", 1), ("b", 2))
         assert isinstance(s.sentinels, tuple)
@@ -298,7 +289,7 @@ ERROR_TABLE = [
     pytest.param(Raises("mode", "argument mode", mode="replica"), id="mode-unknown-explicit"),
     pytest.param(Raises("mode", "environment variable REDIS_MODE", environ={"REDIS_MODE": "Replica"}), id="mode-env"),
     pytest.param(
-        Raises("mode", "config manager key 'mode'", config_manager=FakeManager({"mode": "clustered"})),
+        Raises("mode", "config manager key 'mode'", config_manager=FakeConfigManager({"mode": "clustered"})),
         id="mode-unknown-manager",
     ),
     pytest.param(Raises("mode", "argument mode", mode=""), id="mode-empty-explicit"),
@@ -352,7 +343,7 @@ ERROR_TABLE = [
         Raises(
             "sentinels",
             "config manager key 'sentinels'",
-            config_manager=FakeManager({"mode": "sentinel", "sentinel_master": "m", "sentinels": [("h", "x")]}),
+            config_manager=FakeConfigManager({"mode": "sentinel", "sentinel_master": "m", "sentinels": [("h", "x")]}),
         ),
         id="manager-non-numeric-port",
     ),
@@ -610,7 +601,7 @@ def _resolve_sentinel_password_via(where: str) -> RedisSettings:
         url = f"redis+sentinel://:{SECRET}@s:1/m?sentinel_password={SENTINEL_SECRET}"
         return resolve_settings(environ={}, url=url)
     if where == "config-manager":
-        manager = FakeManager({**base, "sentinel_password": SENTINEL_SECRET, "password": SECRET})
+        manager = FakeConfigManager({**base, "sentinel_password": SENTINEL_SECRET, "password": SECRET})
         return resolve_settings(environ={}, config_manager=manager)
     if where == "environment":
         environ = {**SENTINEL_ENV, "REDIS_SENTINEL_PASSWORD": SENTINEL_SECRET, "REDIS_PASSWORD": SECRET}
@@ -650,7 +641,7 @@ class TestMasking:
             pytest.param({"environ": SENTINEL_ENV, "sentinel_password": SENTINEL_SECRET.encode()}, id="bytes"),
             pytest.param({"environ": SENTINEL_ENV, "sentinel_password": [SENTINEL_SECRET]}, id="list"),
             pytest.param(
-                {"environ": {}, "config_manager": FakeManager({"sentinel_password": (SENTINEL_SECRET,)})},
+                {"environ": {}, "config_manager": FakeConfigManager({"sentinel_password": (SENTINEL_SECRET,)})},
                 id="manager-tuple",
             ),
         ],
@@ -692,7 +683,7 @@ class TestMasking:
                 return resolve_settings(environ={**env, f"REDIS_{field.upper()}": value})
             if tier == "explicit":
                 return resolve_settings(environ={}, **base, **{field: value})
-            return resolve_settings(environ={}, config_manager=FakeManager({**base, field: value}))
+            return resolve_settings(environ={}, config_manager=FakeConfigManager({**base, field: value}))
 
         with pytest.raises(ConfigurationError) as info:
             resolve()

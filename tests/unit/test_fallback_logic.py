@@ -1,74 +1,22 @@
-"""FallbackSessionStore's outage bookkeeping against a primary that fails on command (no server, fake clock)."""
+"""FallbackSessionStore's construction and outage bookkeeping against a primary that fails on command (no server, fake
+clock)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from fmredis import FallbackSessionStore, InMemorySessionStore, StoreError, StoreUnavailable
+from fmredis import FallbackSessionStore, InMemorySessionStore, SessionTTLManager
 from fmredis.breaker import CircuitBreaker
 from fmredis.lifecycle import session_ref
+from tests.fakes import OOM, FakeClock, FakePrimary
 
 
-class FlakyPrimary(InMemorySessionStore):
-    """A primary that is 'down' on demand, refuses chosen keys with a server error, and can run a hook per write."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-        self.refused: set[str] = set()
-        self.on_set: Callable[[str], None] | None = None
-        self.down_after_sets: int | None = None
-
-    def _check(self) -> None:
-        if self.down:
-            raise StoreUnavailable("primary is down")
-
-    def get(self, key: str, *, refresh: bool = False) -> dict[str, Any] | None:
-        self._check()
-        return super().get(key, refresh=refresh)
-
-    def exists(self, key: str) -> bool:
-        self._check()
-        return super().exists(key)
-
-    def delete(self, key: str) -> bool:
-        self._check()
-        return super().delete(key)
-
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
-        self._check()
-        if key in self.refused:
-            raise StoreError("Redis SET failed: OutOfMemoryError")
-        if self.down_after_sets is not None:
-            self.down_after_sets -= 1
-            if self.down_after_sets < 0:
-                self.down = True
-                raise StoreUnavailable("primary went down mid write-back")
-        super().set(key, value, ttl)
-        if self.on_set is not None:
-            self.on_set(key)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-def outage(primary: FlakyPrimary, clock: Clock, **kwargs: Any) -> FallbackSessionStore:
+def outage(primary: FakePrimary, clock: FakeClock, **kwargs: Any) -> FallbackSessionStore:
     store = FallbackSessionStore(primary, probe_interval=1.0, clock=clock, **kwargs)
     primary.down = True
     store.set("first", {"n": 0})
@@ -76,14 +24,66 @@ def outage(primary: FlakyPrimary, clock: Clock, **kwargs: Any) -> FallbackSessio
     return store
 
 
-def recover(store: FallbackSessionStore, primary: FlakyPrimary, clock: Clock) -> None:
+def recover(store: FallbackSessionStore, primary: FakePrimary, clock: FakeClock) -> None:
     primary.down = False
-    clock.now += 1.0
+    clock.advance(1.0)
     store.exists("anything")  # the call that probes
 
 
-def test_a_server_error_on_one_key_does_not_stop_the_write_back(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
-    primary = FlakyPrimary()
+# --- construction: memory takes the primary's TTL rules ---------------------------------------------------------------
+
+
+def test_memory_is_built_with_the_primarys_ttl_rules(clock: FakeClock) -> None:
+    wall = FakeClock(1_750_000_000.0)
+    policy = SessionTTLManager()
+    primary = FakePrimary(
+        InMemorySessionStore(default_ttl=60, max_ttl=7200, ttl_policy=policy, max_lifetime=3600, wall_clock=wall)
+    )
+    store = FallbackSessionStore(primary, max_entries=7, clock=clock)
+    assert store.ttl_rules == store.memory.ttl_rules == primary.ttl_rules
+    assert store.memory.ttl_rules.wall_clock is wall  # the lifetime cap counts on the primary's clock in memory too
+    assert store.memory.max_entries == 7
+    primary.down = True
+    store.set("k", {"v": 1})  # in memory: the policy's TTL for a session active now, as the primary would give
+    assert store.degraded and store.ttl("k") == policy.active_ttl
+
+
+def test_a_memory_store_given_is_used_if_its_ttl_rules_are_the_primarys(clock: FakeClock) -> None:
+    primary = FakePrimary(InMemorySessionStore(default_ttl=60))
+    memory = InMemorySessionStore(default_ttl=60, max_entries=3)
+    store = FallbackSessionStore(primary, memory=memory, clock=clock)
+    assert store.memory is memory
+    primary.down = True
+    store.set("k", {"v": 1})
+    assert memory.ttl("k") == 60
+
+
+def test_a_memory_store_with_other_ttl_rules_is_refused() -> None:
+    primary = FakePrimary(InMemorySessionStore(default_ttl=60))
+    with pytest.raises(
+        ValueError, match=r"memory's TTL rules \(default_ttl=1800.*differ from the primary's \(default_ttl=60"
+    ):
+        FallbackSessionStore(primary, memory=InMemorySessionStore())
+    with pytest.raises(ValueError, match="max_lifetime=3600"):
+        FallbackSessionStore(primary, memory=InMemorySessionStore(default_ttl=60, max_lifetime=3600))
+
+
+def test_memory_and_max_entries_together_are_refused() -> None:
+    with pytest.raises(TypeError, match="max_entries or memory"):
+        FallbackSessionStore(FakePrimary(), memory=InMemorySessionStore(), max_entries=5)
+    with pytest.raises(TypeError, match="memory must be an InMemorySessionStore"):
+        FallbackSessionStore(FakePrimary(), memory=FakePrimary())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="primary must be an ISessionStore"):
+        FallbackSessionStore(InMemorySessionStore)  # type: ignore[arg-type]
+
+
+# --- the write-back ---------------------------------------------------------------------------------------------------
+
+
+def test_a_server_error_on_one_key_does_not_stop_the_write_back(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary = FakePrimary()
     store = outage(primary, clock)
     for key in ("a", "bad", "c"):
         store.set(key, {"k": key})
@@ -94,11 +94,12 @@ def test_a_server_error_on_one_key_does_not_stop_the_write_back(clock: Clock, ca
     assert [k for k in ("first", "a", "bad", "c") if primary.exists(k)] == ["first", "a", "c"]
     assert store.last_recovery is not None and store.last_recovery["failed"] == 1
     assert store.last_recovery["written_back"] == 3
-    assert any(f"{session_ref('bad')} could not be written back" in r.getMessage() for r in caplog.records)
+    [warning] = [r.getMessage() for r in caplog.records if "could not be written back" in r.getMessage()]
+    assert f"{session_ref('bad')} could not be written back to Redis ({OOM})" in warning
 
 
-def test_counts_survive_an_interrupted_write_back(clock: Clock) -> None:
-    primary = FlakyPrimary()
+def test_counts_survive_an_interrupted_write_back(clock: FakeClock) -> None:
+    primary = FakePrimary()
     store = outage(primary, clock)
     for i in range(9):
         store.set(f"s{i}", {"i": i})
@@ -112,8 +113,8 @@ def test_counts_survive_an_interrupted_write_back(clock: Clock) -> None:
     assert all(primary.exists(f"s{i}") for i in range(9))
 
 
-def test_an_eviction_during_the_write_back_is_counted(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
-    primary = FlakyPrimary()
+def test_an_eviction_during_the_write_back_is_counted(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    primary = FakePrimary()
     store = outage(primary, clock, max_entries=3)  # memory holds "first"
     store.set("a", {"k": "a"})
     store.set("b", {"k": "b"})  # memory is full: first, a, b
@@ -134,7 +135,7 @@ def test_an_eviction_during_the_write_back_is_counted(clock: Clock, caplog: pyte
 
 
 def test_recovery_ends_under_a_steady_stream_of_writes() -> None:
-    primary = FlakyPrimary()
+    primary = FakePrimary()
     store = FallbackSessionStore(primary, probe_interval=0.0)
     primary.down = True
     store.set("x", {})
@@ -166,8 +167,7 @@ def test_recovery_ends_under_a_steady_stream_of_writes() -> None:
     assert store.pending == 0 and store.lost_unsynced == 0
 
 
-def test_a_released_call_does_not_free_another_threads_probe() -> None:
-    clock = Clock()
+def test_a_released_call_does_not_free_another_threads_probe(clock: FakeClock) -> None:
     breaker = CircuitBreaker(failure_threshold=1, cooldown=1, clock=clock)
     assert breaker.allow()  # this thread was let through while closed
     done = threading.Event()

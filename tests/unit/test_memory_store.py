@@ -1,4 +1,5 @@
-"""InMemorySessionStore on its own: expiry on a fake clock, the LRU bound, copies, validation, real threads.
+"""InMemorySessionStore on its own: expiry and the lifetime cap on fake clocks, the LRU bound, copies, validation, real
+threads.
 
 The promises shared with every store are in test_store_contract.py; nothing here needs a Redis server.
 """
@@ -6,7 +7,6 @@ The promises shared with every store are in test_store_contract.py; nothing here
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
 import math
 import random
@@ -20,21 +20,13 @@ from typing import Any
 import orjson
 import pytest
 
-from fmredis import InvalidTTLError
+from fmredis import InvalidTTLError, SessionExpired
 from fmredis.memory_store import InMemorySessionStore
 from fmredis.serialization import decode_session, encode_session
+from tests.fakes import FakeClock
 
-STAMP = {"last_activity": "2025-01-15T10:35:22.456Z"}  # a fixed stamp keeps expected values exact
-
-
-class FakeClock:
-    """A monotonic clock that moves only when a test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+# A fixed stamp, written with set(..., stamp=False), keeps expected values exact (set stamps the time of the write).
+STAMP = {"last_activity": "2025-01-15T10:35:22.456Z"}
 
 
 def make(clock: FakeClock, **kwargs: Any) -> InMemorySessionStore:
@@ -121,7 +113,7 @@ def test_default_ttl_applies_when_none_is_given() -> None:
 def test_extend_ttl_moves_the_deadline_to_now_plus_ttl() -> None:
     clock = FakeClock(0.0)
     store = make(clock)
-    store.set("k", doc(v=1), ttl=10)
+    store.set("k", doc(v=1), ttl=10, stamp=False)
     clock.now = 9.0
     assert store.extend_ttl("k", 10) is True
     clock.now = 18.5  # past the first deadline, before the new one
@@ -155,9 +147,53 @@ def test_set_over_an_expired_session_starts_afresh() -> None:
     store = make(clock)
     store.set("k", doc(v=1), ttl=10)
     clock.now = 20.0
-    store.set("k", doc(v=2), ttl=10)
+    store.set("k", doc(v=2), ttl=10, stamp=False)
     assert store.get("k") == doc(v=2)
     assert store.ttl("k") == 10
+
+
+# --- the lifetime cap, on an injected wall clock ---------------------------------------------------------------------
+
+
+def test_the_lifetime_cap_counts_on_the_wall_clock_given() -> None:
+    clock, wall = FakeClock(0.0), FakeClock(1_750_000_000.0)
+
+    def elapse(seconds: float) -> None:
+        clock.advance(seconds)
+        wall.advance(seconds)
+
+    store = make(clock, max_lifetime=3600, wall_clock=wall)
+    created_at = datetime.fromtimestamp(wall.now, timezone.utc).isoformat()
+    store.set("k", {"created_at": created_at}, ttl=600)
+    assert store.ttl("k") == 600  # a whole hour left: the TTL asked for
+    elapse(500)
+    store.set("k", {"created_at": created_at, "v": 2})
+    assert store.ttl("k") == 1800  # the default TTL: 3100 s left
+    elapse(1700)
+    assert store.touch("k") is True
+    assert store.ttl("k") == 1400  # cut to the lifetime left
+    elapse(1390)
+    assert store.extend_ttl("k", 600) is True
+    assert store.ttl("k") == 10
+    elapse(10)
+    assert store.get("k", refresh=True) is None  # at the cap: removed
+    assert store.exists("k") is False
+    with pytest.raises(SessionExpired):
+        store.set("k", {"created_at": created_at})
+    assert store.exists("k") is False
+
+
+def test_without_a_lifetime_cap_the_wall_clock_changes_nothing() -> None:
+    clock, wall = FakeClock(0.0), FakeClock(1_750_000_000.0)
+    store = make(clock, wall_clock=wall)
+    document = {"created_at": datetime.fromtimestamp(wall.now, timezone.utc).isoformat()}
+    store.set("k", document, ttl=600)
+    wall.advance(10 * 365 * 86_400)  # ten years later by the wall clock
+    assert store.touch("k", 600) is True
+    assert store.ttl("k") == 600
+    store.set("k", document, ttl=600)
+    assert store.ttl("k") == 600
+    assert store.get("k")["created_at"] == document["created_at"]  # type: ignore[index]
 
 
 # --- the max_entries bound ------------------------------------------------------------------------------------------
@@ -226,9 +262,9 @@ def test_overwriting_a_held_key_in_a_full_store_evicts_nothing() -> None:
     store = make(clock, max_entries=2, on_evict=on_evict)
     store.set("a", doc(v=1), ttl=5)
     store.set("b", doc())
-    store.set("b", doc(v=2))
+    store.set("b", doc(v=2), stamp=False)
     clock.now += 10  # "a" has expired but is still held: replacing it does not grow the store either
-    store.set("a", doc(v=3))
+    store.set("a", doc(v=3), stamp=False)
     assert evicted == []
     assert store.evictions == 0
     assert store.get_many(["a", "b"]) == {"a": doc(v=3), "b": doc(v=2)}
@@ -307,7 +343,7 @@ def test_an_error_in_on_evict_propagates_after_the_value_is_stored() -> None:
     store = make(FakeClock(), max_entries=1, on_evict=on_evict)
     store.set("old", doc())
     with pytest.raises(RuntimeError, match="hook failed for old"):
-        store.set("new", doc(v=1))
+        store.set("new", doc(v=1), stamp=False)
     assert store.get("new") == doc(v=1)
     assert store.evictions == 1
 
@@ -385,7 +421,7 @@ def test_the_stored_bytes_are_what_encode_session_produces() -> None:
 def test_returned_dicts_are_copies() -> None:
     store = make(FakeClock())
     original = doc(items=[1, 2], nested={"x": 1})
-    store.set("k", original)
+    store.set("k", original, stamp=False)
     first = store.get("k")
     assert first is not None
     first["items"].append(3)
@@ -402,7 +438,7 @@ def test_returned_dicts_are_copies() -> None:
 def test_changing_the_callers_dict_after_set_does_not_change_the_store() -> None:
     store = make(FakeClock())
     mine = doc(items=[1])
-    store.set("k", mine)
+    store.set("k", mine, stamp=False)
     mine["items"].append(2)
     mine["new"] = 1
     assert store.get("k") == doc(items=[1])
@@ -537,7 +573,7 @@ def test_behaves_like_the_reference_model(seed: int) -> None:
         op = rng.randrange(10)
         if op <= 2:
             ttl = rng.randint(1, 8)
-            store.set(key, doc(step=step), ttl=ttl)
+            store.set(key, doc(step=step), ttl=ttl, stamp=False)
             model.set(key, doc(step=step), ttl)
         elif op == 3:
             assert store.get(key) == model.get(key)
@@ -571,20 +607,9 @@ def test_behaves_like_the_reference_model(seed: int) -> None:
 # --- real threads ---------------------------------------------------------------------------------------------------
 
 
-class TickingClock:
-    """A fake clock shared by threads: each read advances it 1 ms (``next`` on a count is atomic), until frozen."""
-
-    def __init__(self) -> None:
-        self._ticks = itertools.count()
-        self.frozen: float | None = None
-
-    def __call__(self) -> float:
-        return next(self._ticks) / 1000 if self.frozen is None else self.frozen
-
-
 def test_many_threads_on_overlapping_keys_keep_the_store_consistent() -> None:
     threads_n, ops_n, max_entries = 24, 3000, 12
-    clock = TickingClock()
+    clock = FakeClock(0.0, tick=0.001)  # shared by the threads: each read moves it on 1 ms
     evicted: list[str] = []
     store = InMemorySessionStore(max_entries=max_entries, clock=clock, on_evict=evicted.append, default_ttl=5)
     keys = [f"key{i}" for i in range(40)]
@@ -644,7 +669,7 @@ def test_many_threads_on_overlapping_keys_keep_the_store_consistent() -> None:
     if errors:
         raise errors[0]
     assert oversize == []
-    clock.frozen = clock()  # so nothing expires between the final checks
+    clock.freeze()  # so nothing expires between the final checks
 
     assert store.evictions == len(evicted) > 0
     snapshot = store.items_snapshot()
