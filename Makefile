@@ -17,7 +17,7 @@ redis-server:
 	    exit 1; \
 	  fi; }
 
-$(BIN)/activate: setup.py
+$(BIN)/activate: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q tox -e '.[bench]'
@@ -27,12 +27,14 @@ $(BIN)/activate: setup.py
 test: redis-server $(BIN)/activate
 	$(BIN)/tox run
 
-# The benchmarks (the main job): the paced before/after logging comparison, outage figures, the counters' cost, Sentinel
-# failover figures, then pytest-benchmark (including the cluster against standalone).
+# The benchmarks (the main job): the paced before/after logging comparison, the hot path against raw redis-py
+# (interleaved), outage figures, the counters' cost, Sentinel failover figures, then pytest-benchmark (including the
+# cluster against standalone).
 # Tables on the terminal; JSON, the chart and the log under benchmarks/results/. REDIS_URL: use that server instead.
 bench: redis-server $(BIN)/activate
 	mkdir -p $(RESULTS)
 	$(BIN)/python -m benchmarks.paced --out $(RESULTS)
+	$(BIN)/python -m benchmarks.hot_path --out $(RESULTS)
 	$(BIN)/python -m benchmarks.outage --out $(RESULTS)
 	$(BIN)/python -m benchmarks.counters --out $(RESULTS)
 	$(BIN)/python -m benchmarks.failover --out $(RESULTS)

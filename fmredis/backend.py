@@ -92,8 +92,9 @@ class StoreBackend(abc.ABC):
         it, or ``None`` if ``session_id`` is taken."""
 
     @abc.abstractmethod
-    def _trim_user(self, user_id: str, keep: int) -> list[str]:
-        """Remove the user's oldest live sessions beyond the newest ``keep``; the ids removed."""
+    def _trim_user(self, user_id: str, keep: int, spare: str) -> list[str]:
+        """Remove the user's oldest live sessions so that ``keep`` are left, never ``spare`` (the session just made,
+        whatever the clocks say); the ids removed."""
 
     @abc.abstractmethod
     def _user_sessions(self, user_id: str) -> list[str]:
@@ -104,7 +105,8 @@ class StoreBackend(abc.ABC):
         """Remove every indexed session of the user and the index; how many sessions were live."""
 
     def _close(self) -> None:
-        """Release what the backend holds (called once, by :meth:`close`); nothing by default."""
+        """Release what the backend holds (called by every :meth:`close`: it must be harmless to repeat); nothing by
+        default."""
         return None
 
     #: Whether the backend's user indexes expire on their own, so that :meth:`_keep_index` must hear of every new TTL

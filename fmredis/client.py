@@ -16,13 +16,12 @@ from redis.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
-from redis.exceptions import MaxConnectionsError, RedisClusterException
+from redis.exceptions import MaxConnectionsError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from fmredis.config import ConfigManager, RedisSettings, resolve_settings
-from fmredis.errors import StoreUnavailable
-from fmredis.redis_errors import redis_call
+from fmredis.redis_errors import RedisCall, redis_call
 
 __all__ = ["RedisClient", "build_connection_pool", "create_redis_client", "diagnostics"]
 
@@ -181,7 +180,9 @@ def _cluster_client(settings: RedisSettings) -> RedisCluster:
     # connection_pool_class (redis-py 8.1), and a BlockingConnectionPool makes threads beyond max_connections wait
     # up to pool_timeout instead of failing with MaxConnectionsError.
     seed = f"{'rediss' if settings.ssl else 'redis'}://{f'[{host}]' if ':' in host else host}:{port}"
-    try:  # RedisCluster reads the topology from the nodes when it is created
+    # RedisCluster reads the topology from the nodes when it is created: an outage is StoreUnavailable, a refused login
+    # StoreError, as for every other call.
+    with RedisCall(f"cluster discovery at {settings.address}"):
         return RedisCluster(
             url=seed,
             startup_nodes=[ClusterNode(h, p) for h, p in others],  # type: ignore[no-untyped-call]
@@ -191,8 +192,6 @@ def _cluster_client(settings: RedisSettings) -> RedisCluster:
             retry=retry,
             **kwargs,
         )
-    except (RedisClusterException, redis.RedisError) as exc:
-        raise StoreUnavailable(f"Redis Cluster at {settings.address} cannot be reached: {type(exc).__name__}") from exc
 
 
 def create_redis_client(

@@ -83,7 +83,6 @@ class SessionStoreBase(StoreBackend, ISessionStore):
         self._update_attempts: int = check_count("update_attempts", update_attempts)  # type: ignore[assignment]
         self._counters = counted = StoreCounters(enabled=counters)
         self._op, self._hit, self._miss = counted.tick[OPS], counted.tick[HITS], counted.tick[MISSES]
-        self._closed = False
 
     def __repr__(self) -> str:
         rules = self._rules
@@ -122,9 +121,7 @@ class SessionStoreBase(StoreBackend, ISessionStore):
         return self._counters.snapshot()
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._close()
+        self._close()
 
     def _session(self, key: str, payload: bytes | None) -> dict[str, Any] | None:
         """``payload`` decoded; ``None`` (with a warning) when it is not a JSON object."""
@@ -137,9 +134,13 @@ class SessionStoreBase(StoreBackend, ISessionStore):
             return None
 
     def _indexed_for(self, session: dict[str, Any], seconds: int) -> None:
+        """Keep the user's index alive for a session of theirs that no lifetime cap bounds (the index's own expiry
+        covers the capped ones)."""
         owner = session.get("user_id")
-        if type(owner) is str and owner:  # owner_of() inlined: every set without a lifetime cap comes here
-            self._keep_index(owner, seconds)
+        if type(owner) is str and owner:  # owner_of() inlined: every set comes here
+            rules = self._rules
+            if rules.max_lifetime is None or rules.lifetime_left(session) is None:
+                self._keep_index(owner, seconds)
 
     def _load(self, key: str, read: Callable[..., bytes | None], *args: Any) -> dict[str, Any] | None:
         """``read(*args)`` decoded; ``None`` (with a warning) when it finds data that is not a session."""
@@ -168,7 +169,7 @@ class SessionStoreBase(StoreBackend, ISessionStore):
     def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
         """See :meth:`ISessionStore.set`."""
         check_key(key)
-        if stamp and type(value) is dict:
+        if stamp and isinstance(value, dict):
             value = {**value, "last_activity": _now(_UTC)}  # stamped() inlined: the hot path
         payload = encode_session(value)
         seconds = self._rules.for_write(ttl, value, stamped=stamp)
@@ -210,13 +211,15 @@ class SessionStoreBase(StoreBackend, ISessionStore):
         if not checked:
             return {}
         found: dict[str, dict[str, Any]] = {}
+        hits = 0
         for key, payload in zip(checked, self._read_many(checked), strict=True):
             session = self._session(key, payload)
             if session is not None:
                 found[key] = session
+                hits += 1  # per key asked for, as a get per key would count: a repeated key counts each time
         self._op()
-        self._counters.add(HITS, len(found))
-        self._counters.add(MISSES, len(checked) - len(found))
+        self._counters.add(HITS, hits)
+        self._counters.add(MISSES, len(checked) - hits)
         return found
 
     def delete_many(self, keys: Iterable[str]) -> int:
@@ -332,7 +335,16 @@ class SessionStoreBase(StoreBackend, ISessionStore):
         else:
             raise StoreError("could not find an unused session id in 3 attempts")
         cap = self._max_per_user
-        evicted = self._trim_user(user_id, cap) if cap is not None and count > cap else []
+        evicted: list[str] = []
+        if cap is not None and count > cap:
+            try:
+                evicted = self._trim_user(user_id, cap, session_id)
+            except StoreError as exc:  # the session is written: report the id, and the cap next time
+                events.warning(
+                    "Per-user session cap not applied (%s); the user has more sessions than the cap",
+                    exc,
+                    extra={"user_id": user_id, "cap": cap},
+                )
         self._op()
         report_created(self._counters, session_id, user_id, seconds, len(evicted), cap)
         return session_id

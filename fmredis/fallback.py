@@ -52,7 +52,8 @@ class FallbackSessionStore(ISessionStore):
     - Memory: ``memory``, an :class:`~fmredis.InMemorySessionStore` with the primary's TTL rules (default: one of
       ``max_entries`` sessions, built from ``primary.ttl_rules``). It is bounded, least-recently-used evicted. An
       evicted session that was not yet written back is lost: each such loss is counted in ``lost_unsynced`` and logged
-      as a warning, never silently.
+      as a warning, never silently. A memory store passed in gets the fallback's eviction hook (an ``on_evict`` it
+      already has is still called after it) and must not be shared with another fallback.
 
     :meth:`stats` is the primary's counters plus ``degraded`` (0 or 1), ``pending`` and ``lost_unsynced``.
 

@@ -219,11 +219,11 @@ class InMemorySessionStore(SessionStoreBase):
         self._report_eviction(evicted)
         return count
 
-    def _trim_user(self, user_id: str, keep: int) -> list[str]:
+    def _trim_user(self, user_id: str, keep: int, spare: str) -> list[str]:
         now = self._clock()
         with self._lock:
-            live = self._user_live(user_id, now)
-            excess = live[: max(0, len(live) - keep)]
+            live = [session_id for session_id in self._user_live(user_id, now) if session_id != spare]
+            excess = live[: max(0, len(live) + 1 - keep)]
             for session_id in excess:
                 del self._entries[session_id]
             self._unindex(user_id, excess)

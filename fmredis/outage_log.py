@@ -35,6 +35,8 @@ class OutageLog:
         self._lock = lock
         self._dirty: dict[str, str] = {}
         self._in_flight: dict[str, str] = {}
+        self._applying: str | None = None  # the key write_back has read from memory and is writing now
+        self._applying_evicted = False  # ... and memory evicted it meanwhile
         self.counts = dict.fromkeys(COUNT_NAMES, 0)
         #: Outage writes the memory bound evicted before they reached the primary: lost, and each logged.
         self.lost_unsynced = 0
@@ -50,17 +52,25 @@ class OutageLog:
         self.counts = dict.fromkeys(COUNT_NAMES, 0)
 
     def evicted(self, key: str) -> None:
-        """Memory evicted ``key``: an outage write of it that has not reached the primary is lost (counted, logged)."""
+        """Memory evicted ``key``: an outage write of it that has not reached the primary is lost (counted, logged).
+        The key the write-back is applying right now is lost only if that apply does not get through: its session was
+        read from memory already."""
         for pending in (self._dirty, self._in_flight):
             if pending.get(key) == SET:
+                if pending is self._in_flight and key == self._applying:
+                    self._applying_evicted = True
+                    continue
                 del pending[key]
-                self.lost_unsynced += 1
-                ref = session_ref(key)  # never the key itself: a session id is a bearer credential
-                logger.warning(
-                    "Memory fallback full: session %s evicted before it reached Redis; it is lost",
-                    ref,
-                    extra={"session_id": ref},
-                )
+                self._lost(key)
+
+    def _lost(self, key: str) -> None:
+        self.lost_unsynced += 1
+        ref = session_ref(key)  # never the key itself: a session id is a bearer credential
+        logger.warning(
+            "Memory fallback full: session %s evicted before it reached Redis; it is lost",
+            ref,
+            extra={"session_id": ref},
+        )
 
     def take(self) -> bool:
         """Move every dirty change in flight, for :meth:`write_back`; whether there was any."""
@@ -78,9 +88,14 @@ class OutageLog:
                     if op is None:
                         continue
                     mine, remaining = (memory.get(key), memory.ttl(key)) if op == SET else (None, None)
+                    self._applying, self._applying_evicted = key, False
                 try:
                     self._apply(primary, key, op, mine, remaining)
                 except StoreUnavailable:
+                    with self._lock:
+                        if self._applying_evicted:  # memory no longer holds it, and Redis did not take it
+                            del self._in_flight[key]
+                            self._lost(key)
                     raise
                 except FmRedisError as exc:
                     self.counts["failed"] += 1
@@ -93,8 +108,10 @@ class OutageLog:
                     )
                 with self._lock:
                     self._in_flight.pop(key, None)
+                    self._applying = None
         finally:
             with self._lock:
+                self._applying = None
                 for key, op in self._in_flight.items():
                     self._dirty.setdefault(key, op)
                 self._in_flight = {}

@@ -7,7 +7,7 @@ a redis-py exception becomes:
   cluster failing over), which the wrappers may retry or serve from memory;
 - :class:`~fmredis.errors.StoreError` for everything the server refused (``WRONGTYPE``, ``OOM``, ``NOPERM``,
   ``READONLY``, a bad database, a refused login, an untrusted TLS certificate): waiting would not help;
-- the internal ``CorruptSession`` for ``WRONGTYPE`` on a read, when the call site asks for it (such a key reads as
+- the internal ``CorruptSession`` for ``WRONGTYPE`` on a read, when the call site says it reads (such a key reads as
   missing).
 
 The message names the command, redis-py's exception class and the server's reason. The cause is a copy of redis-py's
@@ -57,15 +57,16 @@ _ECHOES = re.compile(r",? with args beginning with:.*|Invalid args in command:.*
 class RedisCall:
     """A reusable, thread-safe context manager that turns redis-py failures raised inside it into fmredis errors.
 
-    ``wrong_type_is_corrupt``: a ``WRONGTYPE`` reply (a key of another Redis type) raises ``CorruptSession`` instead,
-    so that the store reads the key as missing. Costs two method calls when nothing fails.
+    ``read``: the command only reads. A ``WRONGTYPE`` reply (a key of another Redis type) then raises
+    ``CorruptSession``, so that the store reads the key as missing, and a connection lost while watching wrote
+    nothing. Costs two method calls when nothing fails.
     """
 
-    __slots__ = ("command", "wrong_type_is_corrupt")
+    __slots__ = ("command", "read")
 
-    def __init__(self, command: str, *, wrong_type_is_corrupt: bool = False) -> None:
+    def __init__(self, command: str, *, read: bool = False) -> None:
         self.command = command
-        self.wrong_type_is_corrupt = wrong_type_is_corrupt
+        self.read = read
 
     def __enter__(self) -> RedisCall:
         return self
@@ -75,11 +76,11 @@ class RedisCall:
     ) -> None:
         if exc is None or not isinstance(exc, REDIS_ERRORS):
             return
-        if self.wrong_type_is_corrupt and isinstance(exc, ResponseError) and server_reason(exc).startswith("WRONGTYPE"):
+        if self.read and isinstance(exc, ResponseError) and server_reason(exc).startswith("WRONGTYPE"):
             error: Exception = CorruptSession("not a string key")
             error.__cause__, error.__suppress_context__ = None, True
         else:
-            error = translate(self.command, exc)
+            error = translate(self.command, exc, reading=self.read)
         try:
             raise error
         finally:
@@ -87,26 +88,29 @@ class RedisCall:
 
 
 @functools.cache
-def redis_call(command: str, *, wrong_type_is_corrupt: bool = False) -> RedisCall:
+def redis_call(command: str, *, read: bool = False) -> RedisCall:
     """The shared :class:`RedisCall` for ``command`` (one instance per name: nothing is allocated per call)."""
-    return RedisCall(command, wrong_type_is_corrupt=wrong_type_is_corrupt)
+    return RedisCall(command, read=read)
 
 
-def translate(command: str, exc: BaseException) -> StoreError:
-    """The fmredis error for redis-py's ``exc`` raised by ``command``, its cause set to a scrubbed copy of ``exc``."""
-    error = _classify(command, exc)
+def translate(command: str, exc: BaseException, *, reading: bool = False) -> StoreError:
+    """The fmredis error for redis-py's ``exc`` raised by ``command``, its cause set to a scrubbed copy of ``exc``.
+
+    ``reading``: the command writes nothing (a lost connection then cannot leave an unknown outcome)."""
+    error = _classify(command, exc, reading)
     error.__cause__ = _scrubbed_copy(exc)
     error.__suppress_context__ = True
     return error
 
 
-def _classify(command: str, exc: BaseException) -> StoreError:
+def _classify(command: str, exc: BaseException, reading: bool) -> StoreError:
     kind = type(exc).__name__
     reason = exc.__cause__ or exc.__context__
     if isinstance(exc, WatchError) and lost_connection(exc):
         lost = exc.__context__
+        outcome = "nothing was written" if reading else "outcome unknown"
         return StoreUnavailable(
-            f"Redis {command} failed, outcome unknown: the connection was lost "
+            f"Redis {command} failed, {outcome}: the connection was lost while keys were watched "
             f"({type(lost).__name__}: {server_reason(lost) if lost is not None else ''})"
         )
     # A refused login or an untrusted TLS certificate is a configuration problem, not an outage: no wrapper should
@@ -126,7 +130,8 @@ def _classify(command: str, exc: BaseException) -> StoreError:
             "check sentinel_username and sentinel_password"
         )
     text = server_reason(exc)
-    if isinstance(exc, AuthenticationError):
+    if isinstance(exc, AuthenticationError) or isinstance(reason, AuthenticationError):
+        # (a cluster client reports a refused login as a RedisClusterException caused by it)
         return StoreError(f"Redis {command} failed: {kind}: {text} (check username and password)")
     if isinstance(exc, _CLUSTER_OUTAGES) or _cluster_unreachable(exc, reason):
         return StoreUnavailable(f"Redis {command} failed: {kind}: {text}")

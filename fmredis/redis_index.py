@@ -2,72 +2,22 @@
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
-import itertools
 import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.crc import key_slot
 from redis.exceptions import WatchError
 
 from fmredis.errors import UpdateConflict
-from fmredis.redis_errors import lost_connection
+from fmredis.redis_errors import REDIS_ERRORS, lost_connection
+from fmredis.redis_scripts import INSERT, MOVE
+from fmredis.redis_slots import slot_of, slot_tag, watched
 
-__all__ = ["RedisUserIndex"]
+__all__ = ["RedisUserIndex", "watched"]
 
 _KEPT_NOTES = 10_000
-
-# Each script checks every key's type before its first write: a script that fails half-way keeps what it wrote, and
-# Redis checks ACL key permissions (NOPERM) and memory (OOM) before any write, so the checks make it all or nothing.
-_CHECK_INDEX = """
-local function check(key, kind)
-  local found = redis.call('TYPE', key)['ok']
-  if found ~= kind and found ~= 'none' then
-    return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
-  end
-end
-local function index(key, score, member, expire_at)
-  redis.call('ZADD', key, score, member)
-  -- NX sets a new key's expiry; GT only moves an existing one later (GT alone skips a key without one).
-  redis.call('EXPIREAT', key, expire_at, 'NX')
-  redis.call('EXPIREAT', key, expire_at, 'GT')
-end
-"""
-
-# KEYS: session, index. ARGV: payload, seconds, created, session id, index expiry. Returns the index's size, or -1 if
-# the id is taken. Finding its own payload already there means this is redis-py re-sending after a lost reply.
-_INSERT = (
-    _CHECK_INDEX
-    + """
-local bad = check(KEYS[2], 'zset') or check(KEYS[1], 'string')
-if bad then return bad end
-local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[1] then return -1 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-index(KEYS[2], ARGV[3], ARGV[4], ARGV[5])
-return redis.call('ZCARD', KEYS[2])
-"""
-)
-
-# KEYS: old session, new session[, index]. ARGV: payload, seconds (0: past its lifetime, only remove), created,
-# old id, new id, index expiry. Returns 1, or 0 if the new id is taken (nothing written).
-_MOVE = (
-    _CHECK_INDEX
-    + """
-local bad = (KEYS[3] and check(KEYS[3], 'zset')) or check(KEYS[2], 'string')
-if bad then return bad end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2]) end
-redis.call('UNLINK', KEYS[1])
-if KEYS[3] then
-  redis.call('ZREM', KEYS[3], ARGV[4])
-  if tonumber(ARGV[2]) > 0 then index(KEYS[3], ARGV[3], ARGV[5], ARGV[6]) end
-end
-return 1
-"""
-)
 
 
 class RedisUserIndex:
@@ -81,16 +31,17 @@ class RedisUserIndex:
       logout's read of the set and its deletes (the logout watches the set and starts again if it changed).
     - Reads check that each listed session exists and prune the entries whose sessions are gone (expired, or removed
       with ``delete``): such a session is never returned, and the set does not grow without bound.
-    - The key's own expiry stays past the end of every session it lists. With a lifetime cap, every write of an entry
-      sets it to the newest session's cap plus one ``max_ttl`` (what a refresh can overshoot the cap by if its capping
-      command is lost). Without one a session can slide for ever, so the store calls :meth:`keep_alive_due` whenever it
-      gives an indexed session a new TTL; a per-process note of how far it last pushed each key keeps that to about
-      one ``EXPIREAT`` per user per ``max_ttl``.
+    - The key's own expiry stays past the end of every session it lists. Every write of an entry pushes it to at least
+      the newest session's lifetime cap (with one) or two ``max_ttl`` from now, plus one ``max_ttl``. A session without
+      a cap (no ``max_lifetime``, or no readable ``created_at``) can slide for ever, so the store calls
+      :meth:`keep_alive_due` whenever it gives such a session a new TTL; a per-process note of how far it last pushed
+      each key keeps that to about one ``EXPIREAT`` per user per ``max_ttl``.
 
     In a Redis Cluster (``cluster=True``) one script or ``MULTI`` must stay in one hash slot: the index key and the ids
     :meth:`session_id_for` makes carry the same hash tag (``{`` + 8 hex digits of the user id's SHA-256 + ``}``), so a
-    user's index and the sessions made by ``create`` and ``regenerate`` share a slot. Keys in other slots (sessions
-    written with ``set`` and regenerated later) are indexed outside the script.
+    user's index and the sessions made by ``create`` and ``regenerate`` share a slot. A session in another slot (one
+    written with ``set`` and regenerated later) is indexed outside the script: its new entry before the move, the old
+    one removed after it, so a failure never leaves the moved session unlisted.
 
     Needs Redis >= 7.0 (``EXPIREAT ... NX/GT``). Thread-safe. Callers translate redis-py's errors.
     """
@@ -112,15 +63,17 @@ class RedisUserIndex:
         self._lifetime = lifetime
         self._max_ttl = max_ttl
         self._cluster = cluster
-        self._insert = client.register_script(_INSERT)
-        # user_id -> epoch second this process last pushed the index's expiry to (keep_alive). A note that is stale
-        # (the index was deleted and made again since) is still safe: a new index expires later than any note made
-        # before it, since both are "now + about two max_ttl" and the note is older.
+        self._insert = client.register_script(INSERT)
+        # user_id -> epoch second this process last pushed the index's expiry to. A note that is stale (the index was
+        # deleted and made again since) is still safe: a new index expires at least two max_ttl after it was made,
+        # later than any note made before it (a note is at most two max_ttl after the time it was made).
         self.kept: dict[str, int] = {}
 
     def _expire_at(self, created: float) -> int:
         """When the index must expire at the earliest, for an entry written now of a session created at ``created``."""
-        end = created + self._lifetime if self._lifetime is not None else time.time() + self._max_ttl
+        end = time.time() + self._max_ttl
+        if self._lifetime is not None:
+            end = max(end, created + self._lifetime)
         return int(end) + self._max_ttl + 1
 
     def keep_alive_due(self, user_id: str, seconds: int) -> int | None:
@@ -135,14 +88,13 @@ class RedisUserIndex:
     def push_expiry(self, user_id: str, expire_at: int) -> None:
         """``EXPIREAT ... GT``: move the index's expiry later, never earlier (a missing index stays missing)."""
         self._client.execute_command("EXPIREAT", self.key(user_id), expire_at, "GT")
-        self._noted(user_id, expire_at)
+        self.noted(user_id, expire_at)
 
-    def _noted(self, user_id: str, expire_at: int) -> None:
+    def noted(self, user_id: str, expire_at: int) -> None:
         """Remember that the user's index expires at ``expire_at`` or later (it was just pushed there)."""
-        if self._lifetime is None:
-            if len(self.kept) >= _KEPT_NOTES:  # bounded: forgetting only costs an EXPIREAT more
-                self.kept.clear()
-            self.kept[user_id] = expire_at
+        if len(self.kept) >= _KEPT_NOTES:  # bounded: forgetting only costs an EXPIREAT more
+            self.kept.clear()
+        self.kept[user_id] = expire_at
 
     def key(self, user_id: str) -> str:
         return self._index_prefix + _tag(user_id) + user_id if self._cluster else self._index_prefix + user_id
@@ -152,9 +104,9 @@ class RedisUserIndex:
         return _tag(user_id) + token if self._cluster else token
 
     def session_id_beside(self, session_id: str, token: str) -> str:
-        """The id of a session that replaces ``session_id``: in a cluster, tagged into its slot, so one script can
-        write the new key and remove the old."""
-        return "{" + _hash_tag(self._session_prefix + session_id) + "}" + token if self._cluster else token
+        """The id of a session that replaces ``session_id``: in a cluster, tagged into its slot (with a short tag that
+        says nothing about ``session_id``), so one script can write the new key and remove the old."""
+        return slot_tag(self._session_prefix + session_id) + token if self._cluster else token
 
     def insert(self, session_id: str, payload: bytes, seconds: int, user_id: str, created: float) -> int | None:
         """Write a new session and its entry in one script; the index's size after it, or ``None`` if the id is
@@ -166,8 +118,12 @@ class RedisUserIndex:
         )
         if int(count) < 0:
             return None
-        self._noted(user_id, expire_at)
+        self.noted(user_id, expire_at)
         return int(count)
+
+    def in_script(self, session_id: str, user_id: str | None) -> bool:
+        """Whether a move to ``session_id`` can carry the user's index entry in its script (same slot)."""
+        return user_id is not None and self.same_slot(session_id, user_id)
 
     def queue_move(
         self,
@@ -178,26 +134,21 @@ class RedisUserIndex:
         seconds: int,
         user_id: str | None,
         created: float,
-    ) -> Callable[[], None] | None:
-        """Queue, in ``pipe``'s ``MULTI``, the script that moves a session and, if ``user_id`` is given and shares the
-        slot, its entry. Returns what to call once the ``EXEC`` has moved it: ``None`` when the entry is in the
-        script, else the separate index update (a cluster session outside its user's slot)."""
+    ) -> int:
+        """Queue, in ``pipe``'s ``MULTI``, the script that moves a session and, if ``user_id`` is given, its entry
+        (see :meth:`in_script`); returns the index expiry it sets."""
         keys = [self._session_prefix + old_id, self._session_prefix + new_id]
-        expire_at = self._expire_at(created)
-        if user_id is None:
-            follow_up = None
-        elif self.same_slot(new_id, user_id):
+        if user_id is not None:
             keys.append(self.key(user_id))
-            follow_up = functools.partial(self._noted, user_id, expire_at) if seconds else None
-        else:
-            follow_up = functools.partial(self._move_entry, user_id, old_id, new_id if seconds else None, created)
-        pipe.execute_command("EVAL", _MOVE, len(keys), *keys, payload, seconds, created, old_id, new_id, expire_at)
-        return follow_up
+        expire_at = self._expire_at(created)
+        pipe.execute_command("EVAL", MOVE, len(keys), *keys, payload, seconds, created, old_id, new_id, expire_at)
+        return expire_at
 
-    def _move_entry(self, user_id: str, old_id: str, new_id: str | None, created: float) -> None:
-        if new_id is not None:
-            self.add(user_id, new_id, created)
-        self.remove(user_id, [old_id])
+    def forget_quietly(self, user_id: str, session_ids: list[str]) -> None:
+        """:meth:`remove`, for after a move has succeeded: a failure must not turn the move into an error (the entry
+        of a gone session is pruned by the next :meth:`live`)."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            self.remove(user_id, session_ids)
 
     def add(self, user_id: str, session_id: str, created: float) -> None:
         """Index a session outside any script (in a cluster, for a session outside the index's slot)."""
@@ -207,11 +158,11 @@ class RedisUserIndex:
             pipe.execute_command("EXPIREAT", index_key, expire_at, "NX")
             pipe.execute_command("EXPIREAT", index_key, expire_at, "GT")
             pipe.execute()
-        self._noted(user_id, expire_at)
+        self.noted(user_id, expire_at)
 
     def same_slot(self, session_id: str, user_id: str) -> bool:
         """Whether the session's key and the user's index key can share one script or ``MULTI``."""
-        return not self._cluster or _slot(self._session_prefix + session_id) == _slot(self.key(user_id))
+        return not self._cluster or slot_of(self._session_prefix + session_id) == slot_of(self.key(user_id))
 
     def remove(self, user_id: str, session_ids: list[str]) -> None:
         if session_ids:
@@ -242,8 +193,7 @@ class RedisUserIndex:
         index_key = self.key(user_id)
         for attempt in range(attempts):
             try:
-                with self._client.pipeline(transaction=True) as pipe:
-                    pipe.watch(index_key)
+                with watched(self._client, index_key) as pipe:
                     inside, outside = self._split(_decoded(pipe.zrange(index_key, 0, -1)), user_id)
                     pipe.multi()
                     for session_id in inside:
@@ -258,10 +208,11 @@ class RedisUserIndex:
                     pause(attempt)
         raise UpdateConflict(f"delete_user_sessions lost to concurrent logins {attempts} times; nothing removed")
 
-    def trim(self, user_id: str, keep: int) -> list[str]:
-        """Remove the user's oldest live sessions beyond the newest ``keep``; returns the ids removed."""
-        live = self.live(user_id)
-        excess = live[: max(0, len(live) - keep)]
+    def trim(self, user_id: str, keep: int, spare: str) -> list[str]:
+        """Remove the user's oldest live sessions beyond the newest ``keep``, never ``spare`` (the session just made:
+        entries are scored by each worker's clock, which may run behind another's); returns the ids removed."""
+        live = [session_id for session_id in self.live(user_id) if session_id != spare]
+        excess = live[: max(0, len(live) + 1 - keep)]
         if excess:
             inside, outside = self._split(excess, user_id)
             with self._client.pipeline(transaction=True) as pipe:
@@ -290,20 +241,3 @@ def _decoded(members: list[bytes]) -> list[str]:
 
 def _tag(user_id: str) -> str:
     return "{" + hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:8] + "}"
-
-
-def _hash_tag(key: str) -> str:
-    """A hash tag (without braces) for a key in ``key``'s slot: its own tag if it has one, else the key itself if it
-    has no braces, else the first short string found in that slot."""
-    start = key.find("{")
-    end = key.find("}", start + 1) if start >= 0 else -1
-    if end > start + 1:
-        return key[start + 1 : end]
-    if "{" not in key and "}" not in key:
-        return key
-    slot = _slot(key)
-    return next(tag for tag in map(str, itertools.count()) if _slot(tag) == slot)  # ~16,000 tries on average
-
-
-def _slot(key: str) -> int:
-    return int(key_slot(key.encode("utf-8", "surrogateescape")))

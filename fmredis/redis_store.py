@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import WatchError
 
@@ -16,16 +15,16 @@ from fmredis.client import RedisClient, create_redis_client
 from fmredis.config import RedisSettings, resolve_settings
 from fmredis.core import SessionStoreBase, conflict_pause
 from fmredis.redis_errors import lost_connection, redis_call
-from fmredis.redis_index import RedisUserIndex
+from fmredis.redis_index import RedisUserIndex, watched
 from fmredis.ttl_policy import SessionTTLManager
 
 __all__ = ["RedisSessionStore"]
 
 # One guard per command, made once: the hot path allocates nothing for error handling. A read's WRONGTYPE (a key of
 # another Redis type under a session's name) reads as corrupt data, that is as missing.
-_GET = redis_call("GET", wrong_type_is_corrupt=True)
-_GETEX = redis_call("GETEX", wrong_type_is_corrupt=True)
-_TTL = redis_call("TTL", wrong_type_is_corrupt=True)
+_GET = redis_call("GET", read=True)
+_GETEX = redis_call("GETEX", read=True)
+_TTL = redis_call("TTL", read=True)
 _SET = redis_call("SET")
 _UNLINK = redis_call("UNLINK")
 _EXPIRE = redis_call("EXPIRE")
@@ -79,6 +78,9 @@ class RedisSessionStore(SessionStoreBase):
             raise TypeError(
                 f"client must be a redis-py client (redis.Redis, RedisCluster), not {type(client).__name__}"
             )
+        encoder = getattr(client, "get_encoder", None)
+        if callable(encoder) and getattr(encoder(), "decode_responses", False):
+            raise TypeError("client must return bytes: build it with decode_responses=False (create_redis_client does)")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         if type(batch_size) is not int or batch_size < 1:
@@ -126,7 +128,7 @@ class RedisSessionStore(SessionStoreBase):
             max_ttl=max_ttl,
             cluster=self._cluster,
         )
-        self._indexes_expire = max_lifetime is None
+        self._indexes_expire = True  # with a lifetime cap, still for sessions whose created_at is unreadable
         self._kept = self._index.kept
 
     @classmethod
@@ -137,20 +139,25 @@ class RedisSessionStore(SessionStoreBase):
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, not {type(url).__name__}")
         settings = resolve_settings(url=url)
-        store = cls(create_redis_client(settings), owns_client=True, **store_options)
+        client = create_redis_client(settings)
+        try:
+            store = cls(client, owns_client=True, **store_options)
+        except BaseException:
+            _release(client)  # a bad store option: the client just made must not stay open
+            raise
         store._settings = settings
         return store
 
     def rebuild(self) -> RedisSessionStore:
         """A store with a fresh connection pool, for :class:`~fmredis.ResilientRedisSessionStore`: a new store on the
-        same settings and options when this one built its client, else this store, its pool's connections closed
-        (the next call reconnects)."""
+        same settings and options when this one built its client, else this store, its pool's idle connections closed
+        (the next call reconnects). Connections other threads are using are never cut: a ``WATCH`` they hold must
+        not be lost to a silent reconnect."""
         if self._settings is not None:
             replacement = type(self)(create_redis_client(self._settings), owns_client=True, **self._options)
             replacement._settings = self._settings
             return replacement
-        if isinstance(self._client, redis.Redis):
-            self._client.connection_pool.disconnect()
+        _release(self._client)
         return self
 
     def _repr_fields(self) -> str:
@@ -166,12 +173,11 @@ class RedisSessionStore(SessionStoreBase):
         return self._prefix
 
     def _close(self) -> None:
-        """Disconnect the pool's idle connections if this store owns its client (a client passed in is left to its
-        owner). Commands other threads are running finish; their connections close when garbage collected."""
+        """Disconnect the idle connections of the client's pools if this store owns its client (a client passed in is
+        left to its owner). Commands other threads are running finish; their connections close when garbage
+        collected. A store used after ``close`` connects again."""
         if self._owns_client:
-            self._client.close()
-            if isinstance(self._client, redis.Redis):  # a cluster client's close() disconnects its node pools
-                self._client.connection_pool.disconnect(inuse_connections=False)
+            _release(self._client)
 
     # --- primitives --------------------------------------------------------------------------------------------------
 
@@ -191,9 +197,14 @@ class RedisSessionStore(SessionStoreBase):
         full_key = self._prefix + key
         with _TTL, self._client.pipeline(transaction=False) as pipe:
             pipe.execute_command("GET", full_key)
-            pipe.execute_command("TTL", full_key)
-            payload, seconds = pipe.execute()
-        return payload, int(seconds)
+            pipe.execute_command("PTTL", full_key)
+            payload, milliseconds = pipe.execute()
+        milliseconds = int(milliseconds)
+        if milliseconds == -2:  # expired between the two commands
+            return None, 0
+        # Rounded up, as the memory store does: a live session never reports 0 (TTL would round 0.4 s down to 0, and
+        # PTTL reads 0 in the millisecond before the key expires).
+        return payload, -1 if milliseconds < 0 else max(1, -(-milliseconds // 1000))
 
     def _read_and_expire(self, key: str, seconds: int) -> bytes | None:
         with _GETEX:
@@ -231,8 +242,7 @@ class RedisSessionStore(SessionStoreBase):
         wrote the key since the ``WATCH``. A server-side script could not run ``update``'s ``fn``, and a lock would
         leave the session locked if this process died holding it."""
         full_key = self._prefix + key
-        with redis_call(what), self._client.pipeline(transaction=True) as pipe:
-            pipe.watch(full_key)
+        with redis_call(what), watched(self._client, full_key) as pipe:
             yield _WatchedSession(self, pipe, key)
 
     def _new_id(self, user_id: str) -> str:
@@ -245,9 +255,9 @@ class RedisSessionStore(SessionStoreBase):
         with redis_call("create"):
             return self._index.insert(session_id, payload, seconds, user_id, created)
 
-    def _trim_user(self, user_id: str, keep: int) -> list[str]:
+    def _trim_user(self, user_id: str, keep: int, spare: str) -> list[str]:
         with redis_call("create"):
-            return self._index.trim(user_id, keep)
+            return self._index.trim(user_id, keep, spare)
 
     def _user_sessions(self, user_id: str) -> list[str]:
         with redis_call("sessions_for_user"):
@@ -287,12 +297,23 @@ class _WatchedSession:
         return self._commit() is not None
 
     def move(self, new_id: str, payload: bytes, seconds: int, user_id: str | None, created: float) -> bool:
+        index = self._store._index
+        inside = index.in_script(new_id, user_id)
+        if user_id is not None and not inside and seconds:
+            # A cluster session outside its user's slot: list the new id first, so that no outcome of the move leaves
+            # the moved session unlisted (an entry of an id never written is pruned by the next listing).
+            index.add(user_id, new_id, created)
         self._pipe.multi()
-        follow_up = self._store._index.queue_move(self._pipe, self._key, new_id, payload, seconds, user_id, created)
+        expire_at = index.queue_move(
+            self._pipe, self._key, new_id, payload, seconds, user_id if inside else None, created
+        )
         replies = self._commit()
         moved = replies is not None and int(replies[0]) == 1
-        if moved and follow_up is not None:
-            follow_up()
+        if moved and user_id is not None:
+            if inside:
+                index.noted(user_id, expire_at)
+            else:
+                index.forget_quietly(user_id, [self._key])
         return moved
 
     def _commit(self) -> list[Any] | None:
@@ -303,3 +324,15 @@ class _WatchedSession:
             if lost_connection(exc):  # EXEC may or may not have run: the guard reports "outcome unknown"
                 raise
             return None
+
+
+def _release(client: RedisClient) -> None:
+    """Close the idle connections of every pool of ``client`` (a cluster client's: one per node). Not
+    ``client.close()``: on a client that owns its pool (Sentinel's ``master_for``) that also cuts the connections
+    other threads are using, and redis-py reconnects them silently, dropping a ``WATCH`` they held."""
+    if isinstance(client, RedisCluster):
+        for node in client.get_nodes():  # type: ignore[no-untyped-call]
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect(inuse_connections=False)
+    else:
+        client.connection_pool.disconnect(inuse_connections=False)

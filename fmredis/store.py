@@ -26,7 +26,8 @@ class ISessionStore(abc.ABC):
 
     A key whose stored data is unreadable (not a JSON object, or in Redis a key of another type) is missing to every
     read alike: ``get`` returns ``None``, ``exists`` ``False``, ``ttl`` ``None``, ``touch`` and ``extend_ttl`` ``False``
-    (each logs one warning); the data is left in place.
+    (each logs one warning); the data is left in place (a refresh of a string that is not JSON restarts its expiry:
+    the expiry is set in the same command that reads it).
 
     Lifetime (opt-in, ``max_lifetime``): a session whose document has ``created_at`` is never kept past ``created_at +
     max_lifetime``; every TTL a write or refresh gives it is cut to that, a refresh after it reads as missing, and a
@@ -133,7 +134,8 @@ class ISessionStore(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Release what the store holds (a client it owns, an inner store); calling it again does nothing."""
+        """Release what the store holds (the idle connections of a client it owns, an inner store); calling it again
+        is harmless. A Redis store used after ``close`` connects again (and ``close`` releases that connection too)."""
 
     def __enter__(self: _Store) -> _Store:
         return self

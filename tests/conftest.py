@@ -19,7 +19,7 @@ from fmredis import (
     ResilientRedisSessionStore,
     create_redis_client,
 )
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, ReplyLost
 from tests.harness.options import store_options
 
 # The topology fixtures (cluster, sentinel, TLS and the stores on them) live with the harness.
@@ -116,3 +116,9 @@ def root_records() -> Iterator[list[logging.LogRecord]]:
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+
+
+@pytest.fixture
+def reply_lost(monkeypatch: pytest.MonkeyPatch) -> ReplyLost:
+    """Arm it to make the next reply of a command be read and then reported lost (see tests/fakes.py)."""
+    return ReplyLost(monkeypatch)

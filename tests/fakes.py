@@ -1,5 +1,5 @@
-"""The fakes the tests share: a clock that moves only when a test moves it, a store that fails on command, and a
-configuration manager with fixed answers."""
+"""The fakes the tests share: a clock that moves only when a test moves it, a store that fails on command, a
+configuration manager with fixed answers, and a connection that loses a reply."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import pytest
+import redis
+
 from fmredis import InMemorySessionStore, ISessionStore, StoreError, StoreUnavailable, TTLRules
 from fmredis.store import SessionUpdate
 
-__all__ = ["OOM", "FakeClock", "FakeConfigManager", "FakePrimary"]
+__all__ = ["OOM", "FakeClock", "FakeConfigManager", "FakePrimary", "ReplyLost"]
 
 #: What a refused ``FakePrimary.set`` raises: the message a Redis store gives for a SET refused for lack of memory.
 OOM = "Redis SET failed: OutOfMemoryError: OOM command not allowed when used memory > 'maxmemory'."
@@ -145,3 +148,31 @@ class FakeConfigManager:
     def get_redis_settings(self) -> Any:
         self.calls += 1
         return self.values
+
+
+class ReplyLost:
+    """Patches redis-py so that, once armed, the next reply of the command armed for is read (the command ran on the
+    server) and then the connection is reported lost: what redis-py raises when a connection drops while reading it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed: str | None = None
+        self.dropped = 0
+        parse_response = redis.client.Redis.parse_response  # a pipeline's parse_response calls it too
+
+        def parse_then_drop(client: redis.Redis, connection: Any, command_name: Any, **options: Any) -> Any:
+            result = parse_response(client, connection, command_name, **options)
+            if self.armed is not None and self._is_reply_armed_for(command_name, result):
+                self.armed = None
+                self.dropped += 1
+                raise redis.exceptions.ConnectionError("connection lost while reading the reply (test)")
+            return result
+
+        monkeypatch.setattr(redis.client.Redis, "parse_response", parse_then_drop)
+
+    def _is_reply_armed_for(self, command_name: Any, result: Any) -> bool:
+        if self.armed == "EXEC":  # "_" names every reply of a MULTI/EXEC; EXEC's is the only list (MULTI's is OK)
+            return command_name == "_" and isinstance(result, list)
+        return command_name == self.armed
+
+    def arm(self, command: str = "EXEC") -> None:
+        self.armed = command

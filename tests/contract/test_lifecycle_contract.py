@@ -23,12 +23,15 @@ import pytest
 
 from fmredis import (
     MAX_KEY_LENGTH,
+    InMemorySessionStore,
     InvalidKeyError,
     InvalidTTLError,
     ISessionStore,
+    RedisSessionStore,
     SerializationError,
     SessionExpired,
     SessionNotFound,
+    lifecycle,
 )
 from fmredis.lifecycle import session_ref
 
@@ -780,6 +783,49 @@ def test_concurrent_creates_and_deletes_leave_exactly_the_survivors_listed(store
     assert set(listed) == set(made) - set(gone)
 
 
+# --- the per-user cap ----------------------------------------------------------------------------------------------
+
+
+def create_on_a_clock_ahead(store: ISessionStore, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A session of alice's made by another worker whose clock runs 2 minutes ahead (index entries are scored by the
+    creating worker's clock)."""
+    with monkeypatch.context() as patched:
+        patched.setattr(lifecycle, "utc_now", lambda: now() + timedelta(minutes=2))
+        return store.create("alice", {"worker": "ahead"})
+
+
+def trim_by_creation_time_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put back the naive trim, which removes the user's oldest entries by score beyond the newest ``keep``, the
+    session just made among them: that is the fixed trim asked to spare no session and to keep one more."""
+    for kind in (RedisSessionStore, InMemorySessionStore):
+        spares = kind._trim_user
+        monkeypatch.setattr(
+            kind, "_trim_user", lambda self, user_id, keep, spare, trim=spares: trim(self, user_id, keep + 1, "")
+        )
+
+
+@pytest.mark.store_options(max_sessions_per_user=1)
+def test_the_per_user_cap_never_removes_the_session_just_made(
+    store: ISessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ahead = create_on_a_clock_ahead(store, monkeypatch)
+    made = store.create("alice", {"worker": "this"})  # scored 2 minutes before the other: the "oldest"
+    assert store.exists(made)
+    assert store.sessions_for_user("alice") == [made]
+    assert store.exists(ahead) is False
+
+
+@pytest.mark.store_options(max_sessions_per_user=1)
+def test_a_trim_by_creation_time_alone_would_remove_the_session_just_made(
+    store: ISessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trim_by_creation_time_alone(monkeypatch)
+    ahead = create_on_a_clock_ahead(store, monkeypatch)
+    made = store.create("alice", {"worker": "this"})
+    assert store.exists(made) is False  # create returned the id of a session already gone
+    assert store.sessions_for_user("alice") == [ahead]
+
+
 # --- stats ----------------------------------------------------------------------------------------------------------
 
 
@@ -817,6 +863,19 @@ def test_reads_move_hits_and_misses_exactly(
     after = store.stats()
     assert _delta(before, after, "hits", "misses") == {"hits": hits, "misses": misses}
     assert after["ops"] > before["ops"]
+
+
+def test_get_many_counts_a_hit_or_a_miss_per_key_asked_for_repeats_included(store: ISessionStore) -> None:
+    store.set("a", {"v": 1})
+    keys = ["a", "a", "missing"]
+    before = store.stats()
+    found = store.get_many(keys)
+    after = store.stats()
+    assert list(found) == ["a"]  # one entry for the key asked twice: counting entries (the naive count) gives 1 and 2
+    assert _delta(before, after, "hits", "misses") == {"hits": 2, "misses": 1}
+    for key in keys:  # the control: a get per key asked for counts the same
+        store.get(key)
+    assert _delta(after, store.stats(), "hits", "misses") == {"hits": 2, "misses": 1}
 
 
 def test_create_and_regenerate_count_as_created(store: ISessionStore) -> None:

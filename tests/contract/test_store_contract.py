@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -25,6 +28,7 @@ from fmredis import (
     SerializationError,
     SessionTTLManager,
     TTLRules,
+    core,
 )
 
 
@@ -108,6 +112,37 @@ def test_set_without_stamp_keeps_the_last_activity_given(store: ISessionStore) -
     assert 58 <= store.ttl("c") <= 60  # type: ignore[operator]
 
 
+class Session(dict[str, Any]):
+    """An application's own session type: a dict subclass."""
+
+
+SUBCLASSED = [
+    OrderedDict(user_id="u", last_activity=OLD_STAMP),
+    Session(user_id="u"),  # and none given
+]
+
+
+@pytest.mark.parametrize("value", SUBCLASSED, ids=lambda value: type(value).__name__)
+def test_set_stamps_last_activity_on_a_dict_subclass_too(store: ISessionStore, value: dict[str, Any]) -> None:
+    mine = dict(value)
+    before = datetime.now(timezone.utc)
+    store.set("a", value)
+    assert value == mine  # the caller's own left as it was
+    got = store.get("a")
+    assert got is not None
+    assert_stamped_now(got, before)
+    assert {k: v for k, v in got.items() if k != "last_activity"} == {"user_id": "u"}
+
+
+def test_a_set_that_stamps_plain_dicts_only_would_leave_a_subclass_unstamped(
+    store: ISessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The naive check, ``type(value) is dict``: set's isinstance is the only one in fmredis.core.
+    monkeypatch.setattr(core, "isinstance", lambda obj, kind: type(obj) is kind, raising=False)
+    store.set("a", OrderedDict(user_id="u", last_activity=OLD_STAMP))
+    assert store.get("a") == {"user_id": "u", "last_activity": OLD_STAMP}
+
+
 def test_get_missing_is_none_and_set_overwrites(store: ISessionStore) -> None:
     assert store.get("nope") is None
     store.set("k", {"v": 1})
@@ -139,6 +174,38 @@ def test_default_and_explicit_ttl(store: ISessionStore) -> None:
     assert DEFAULT_TTL - 2 <= store.ttl("d") <= DEFAULT_TTL  # type: ignore[operator]
     assert 58 <= store.ttl("e") <= 60  # type: ignore[operator]
     assert store.ttl("missing") is None
+
+
+def ttl_readings(store: ISessionStore, key: str) -> Iterator[int | None]:
+    """``store.ttl(key)``, read as fast as it answers until the session is gone (or 3 s have passed)."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        reading = store.ttl(key)
+        yield reading
+        if reading is None:
+            return
+
+
+def test_ttl_rounds_up_so_a_live_session_never_reports_zero(store: ISessionStore) -> None:
+    store.set("k", {"v": 1}, ttl=1)
+    readings = list(ttl_readings(store, "k"))
+    assert readings[-1] is None  # it expired
+    assert set(readings) == {1, None}  # 1 until then: never 0, which would read as "no time left" while it exists
+
+
+def test_a_redis_store_reporting_redis_own_ttl_would_read_zero_for_a_live_session(
+    redis_store: RedisSessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def naive_read_with_ttl(key: str) -> tuple[bytes | None, int]:  # TTL rounds to the nearest second, 0 at < 0.5 s
+        with redis_store.client.pipeline(transaction=False) as pipe:
+            pipe.execute_command("GET", redis_store.prefix + key)
+            pipe.execute_command("TTL", redis_store.prefix + key)
+            payload, seconds = pipe.execute()
+        return payload, int(seconds)
+
+    monkeypatch.setattr(redis_store, "_read_with_ttl", naive_read_with_ttl)
+    redis_store.set("k", {"v": 1}, ttl=1)
+    assert 0 in set(ttl_readings(redis_store, "k"))
 
 
 def test_extend_ttl(store: ISessionStore) -> None:

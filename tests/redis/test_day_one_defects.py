@@ -3,20 +3,23 @@
 1. a plain ``set`` destroyed the stored session when the document's ``created_at`` was old;
 2. ``last_activity`` never moved after the first write;
 3. the exception chain carried the session id and the payload;
-4. a failed ``create`` (or ``regenerate``) left part of its writes behind;
+4. a failed ``create`` (or ``regenerate``) left part of its writes behind, and a per-user cap that could not be
+   applied failed the ``create`` that had written its session;
 5. server errors lost their reason;
 6. configuration that failed later, and ``diagnostics`` raising redis-py's errors;
-7. construction: ``from_url``, context managers, ``close`` on the interface, wrappers over a store instance;
+7. construction: ``from_url``, context managers, ``close`` on the interface, wrappers over a store instance, a client
+   that decodes replies;
 8. ``exists``/``ttl``/``extend_ttl`` disagreeing with ``get`` on unreadable data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from pytest_redis.executor import RedisExecutor
 
 from fmredis import (
     CircuitBreaker,
@@ -40,9 +44,11 @@ from fmredis import (
     StoreUnavailable,
     create_redis_client,
     diagnostics,
+    redis_index,
     resolve_settings,
 )
 from fmredis.redis_errors import translate
+from tests.harness.acl import temporary_acl_user
 
 # The design document's example session: created_at is from January 2025, far past any lifetime cap.
 DESIGN_SESSION: dict[str, Any] = {
@@ -84,14 +90,12 @@ def server_config(raw: redis.Redis, **settings: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def acl_user(raw: redis.Redis, *patterns: str) -> Iterator[tuple[str, str]]:
-    """An ACL user allowed every command on keys matching ``patterns`` only; yields (name, password)."""
+def acl_user(raw: redis.Redis, *patterns: str, rules: Sequence[str] = ("+@all",)) -> Iterator[tuple[str, str]]:
+    """An ACL user allowed ``rules`` (default: every command) on keys matching ``patterns`` only; yields (name,
+    password)."""
     name, password = "day-one-user", "day-one-password"
-    raw.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", *(f"~{p}" for p in patterns), "+@all")
-    try:
+    with temporary_acl_user(raw, name, password, patterns, rules=rules):
         yield name, password
-    finally:
-        raw.execute_command("ACL", "DELUSER", name)
 
 
 def unused_port() -> int:
@@ -306,6 +310,107 @@ def test_a_create_without_permission_on_the_index_writes_nothing(redis_url: str,
     assert raw.keys("session:*") == []
 
 
+#: The keys of a store with the default prefixes: its sessions and its users' indexes.
+STORE_KEYS = ("session:*", "user-sessions:*")
+#: The commands of create's script after its first write (SET), and of regenerate's after the new key's SET.
+CREATE_LATER_COMMANDS = ["zadd", "expireat", "zcard"]
+REGENERATE_LATER_COMMANDS = ["unlink", "zrem", "zadd", "expireat"]
+
+
+@contextlib.contextmanager
+def store_without(redis_url: str, raw: redis.Redis, command: str, **options: Any) -> Iterator[RedisSessionStore]:
+    """A store logged in as an ACL user who may run every command on the store's keys except ``command``."""
+    with acl_user(raw, *STORE_KEYS, rules=("+@all", f"-{command}")) as (name, password):
+        client = create_redis_client(url=redis_url, environ={}, username=name, password=password)
+        with RedisSessionStore(client, owns_client=True, **options) as store:
+            yield store
+
+
+def without_permission_checks(script: str) -> str:
+    """``script`` as it ran before the fix: each command's ACL permission checked only when it runs, after the writes
+    before it (a ``refused`` that refuses nothing, defined after the real one, shadows it)."""
+    naive = script.replace("local no = refused(", "local function refused() end\nlocal no = refused(", 1)
+    assert naive != script
+    return naive
+
+
+def every_key(raw: redis.Redis) -> dict[bytes, tuple[bytes | None, int]]:
+    """Each key on the server with its value (``DUMP``) and expiry (``EXPIRETIME``): equal only if nothing changed."""
+    return {key: (raw.dump(key), raw.expiretime(key)) for key in raw.keys("*")}
+
+
+@pytest.mark.parametrize("command", CREATE_LATER_COMMANDS)
+def test_a_create_the_acl_refuses_half_way_writes_nothing(redis_url: str, raw: redis.Redis, command: str) -> None:
+    with store_without(redis_url, raw, command) as store, pytest.raises(StoreError) as caught:
+        store.create("u1", {"data": SECRET_PAYLOAD})
+    assert "NOPERM" in str(caught.value) and command in str(caught.value).lower()
+    assert_no_leak(caught.value)
+    assert every_key(raw) == {}  # no session, no index
+
+
+@pytest.mark.parametrize("command", CREATE_LATER_COMMANDS)
+def test_without_the_permission_checks_the_refused_create_left_its_session_behind(
+    redis_url: str, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.setattr(redis_index, "INSERT", without_permission_checks(redis_index.INSERT))  # before it is loaded
+    with store_without(redis_url, raw, command) as store, pytest.raises(StoreError, match="can't run this command"):
+        store.create("u1", {"n": 1})  # the refused command stops the script, not at its start but where it stands
+    assert len(raw.keys("session:*")) == 1  # SET ran before it
+
+
+def regenerate_without(
+    redis_store: RedisSessionStore, redis_url: str, raw: redis.Redis, command: str
+) -> tuple[dict[bytes, tuple[bytes | None, int]], dict[bytes, tuple[bytes | None, int]], StoreError]:
+    """Regenerate a session of user u1 as an ACL user without ``command``: every key before, every key after, and the
+    error."""
+    session_id = redis_store.create("u1", {"n": 1})
+    redis_store.create("u1", {"n": 2})  # the index holds another entry, which must stay as it is too
+    before = every_key(raw)
+    with store_without(redis_url, raw, command) as store, pytest.raises(StoreError) as caught:
+        store.regenerate(session_id)
+    return before, every_key(raw), caught.value
+
+
+@pytest.mark.parametrize("command", REGENERATE_LATER_COMMANDS)
+def test_a_regenerate_the_acl_refuses_half_way_changes_nothing(
+    redis_store: RedisSessionStore, redis_url: str, raw: redis.Redis, command: str
+) -> None:
+    before, after, error = regenerate_without(redis_store, redis_url, raw, command)
+    assert "NOPERM" in str(error) and command in str(error).lower()
+    assert after == before  # the old session unchanged (value and expiry), no new key, the index unchanged
+
+
+@pytest.mark.parametrize("command", REGENERATE_LATER_COMMANDS)
+def test_without_the_permission_checks_the_refused_regenerate_left_half_a_move(
+    redis_store: RedisSessionStore, redis_url: str, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.setattr(redis_index, "MOVE", without_permission_checks(redis_index.MOVE))
+    before, after, error = regenerate_without(redis_store, redis_url, raw, command)
+    assert "can't run this command" in str(error)
+    assert after != before  # the new key written, or the old one removed, or the index moved on: part of the move
+
+
+def test_a_per_user_cap_the_acl_keeps_from_applying_is_a_warning_not_a_failed_create(
+    redis_url: str, raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        store_without(redis_url, raw, "zrange", max_sessions_per_user=1) as store,
+        caplog.at_level(logging.INFO, logger="fmredis.events"),
+    ):
+        first = store.create("u1", {"n": 1})
+        second = store.create("u1", {"n": 2})  # over the cap: its trim reads the index with ZRANGE, which is refused
+        with pytest.raises(StoreError, match="NOPERM"):  # the control: the trim itself fails here, so the naive
+            store._trim_user("u1", 1, second)  # create, which let the trim's error through, raised
+    assert raw.exists(f"session:{first}", f"session:{second}") == 2  # written, and neither trimmed
+    assert set(raw.zrange("user-sessions:session:u1", 0, -1)) == {first.encode(), second.encode()}
+    [warning] = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert warning.name == "fmredis.events"
+    message = warning.getMessage()
+    assert "cap not applied" in message and "NOPERM" in message
+    assert (warning.user_id, warning.cap) == ("u1", 1)  # type: ignore[attr-defined]
+    assert first not in message and second not in message
+
+
 # --- 5. server errors keep their reason -----------------------------------------------------------------------------
 
 
@@ -437,6 +542,17 @@ def test_rebuilding_a_store_on_a_given_client_reconnects_its_pool(redis_url: str
     assert _closed(raw, "day-one-given")
     assert inner.get("k") is not None
     inner.close()
+
+
+def test_a_client_that_decodes_responses_is_refused(redis_server: RedisExecutor, raw: redis.Redis) -> None:
+    decoding = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)  # connects lazily
+    with pytest.raises(TypeError, match="decode_responses"):
+        RedisSessionStore(decoding)  # its replies would be str where the store reads bytes
+    decoding.close()
+    plain = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    with RedisSessionStore(plain, owns_client=True) as store:  # the control: the same client returning bytes is taken
+        store.set("k", {"n": 1})
+        assert store.get("k") is not None and raw.exists("session:k")
 
 
 # --- 8. unreadable data is missing to every read --------------------------------------------------------------------

@@ -34,6 +34,7 @@ from fmredis.errors import SessionExpired, SessionNotFound, UpdateConflict
 from fmredis.lifecycle import new_session_id, session_ref
 from fmredis.serialization import parse_utc
 from fmredis.ttl_policy import SessionTTLManager
+from tests.fakes import ReplyLost
 
 LIFETIME = 86_400  # the lifetime the tests of the cap turn on (it is off by default)
 LIFETIME_CAP = pytest.mark.store_options(max_lifetime=LIFETIME)
@@ -607,39 +608,6 @@ def test_a_login_between_a_logouts_read_and_its_exec_makes_the_logout_start_agai
         assert removed == 2
     assert session_keys(raw) == set()  # neither the old id nor the new one survives "log out everywhere"
     assert raw.exists(INDEX + "frank") == 0
-
-
-class ReplyLost:
-    """Patches redis-py so that, once armed, the next reply of the command armed for is read (the command ran on the
-    server) and then the connection is reported lost: what redis-py raises when a connection drops while reading it."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.armed: str | None = None
-        self.dropped = 0
-        parse_response = redis.client.Redis.parse_response  # a pipeline's parse_response calls it too
-
-        def parse_then_drop(client: redis.Redis, connection: Any, command_name: Any, **options: Any) -> Any:
-            result = parse_response(client, connection, command_name, **options)
-            if self.armed is not None and self._is_reply_armed_for(command_name, result):
-                self.armed = None
-                self.dropped += 1
-                raise redis.exceptions.ConnectionError("connection lost while reading the reply (test)")
-            return result
-
-        monkeypatch.setattr(redis.client.Redis, "parse_response", parse_then_drop)
-
-    def _is_reply_armed_for(self, command_name: Any, result: Any) -> bool:
-        if self.armed == "EXEC":  # "_" names every reply of a MULTI/EXEC; EXEC's is the only list (MULTI's is OK)
-            return command_name == "_" and isinstance(result, list)
-        return command_name == self.armed
-
-    def arm(self, command: str = "EXEC") -> None:
-        self.armed = command
-
-
-@pytest.fixture
-def reply_lost(monkeypatch: pytest.MonkeyPatch) -> ReplyLost:
-    return ReplyLost(monkeypatch)
 
 
 class Increment:

@@ -32,6 +32,7 @@ from redis.exceptions import ClusterCrossSlotError, ClusterDownError, RedisClust
 
 from fmredis import RedisSessionStore, StoreError, StoreUnavailable, create_redis_client, diagnostics
 from fmredis.client import RedisClient
+from tests.fakes import ReplyLost
 from tests.harness.cluster import RedisCluster3, info_fields
 from tests.harness.servers import LOOPBACK, Address, NotReady, free_port, make_client, wait_until
 
@@ -241,7 +242,9 @@ def test_create_regenerate_and_log_out_for_users_on_every_node(
     for user, sessions in ids.items():
         old = sessions[1]
         sessions[1] = new = store.regenerate(old)
-        assert new.startswith(tag_of(user))
+        # in the index's slot, through a short slot tag that copies nothing of the old id (a bearer credential)
+        assert owners.of_key(cluster_client, PREFIX + new) == homes[user]
+        assert new.startswith("{") and old.partition("}")[2][:8] not in new and len(new) <= len(old) + 4
         assert store.exists(old) is False
         session = store.get(new)
         assert session is not None and (session["user"], session["n"]) == (user, 1)
@@ -435,11 +438,87 @@ def test_a_cluster_client_without_a_reachable_node_fails_at_creation_as_an_outag
     port = free_port()
     with pytest.raises(StoreUnavailable) as info:
         create_redis_client(mode="cluster", cluster_nodes=[(LOOPBACK, port)], environ={})
-    assert (
-        str(info.value)
-        == f"Redis Cluster at redis+cluster://{LOOPBACK}:{port} cannot be reached: RedisClusterException"
-    )
+    message = str(info.value)
+    assert message.startswith(f"Redis cluster discovery at redis+cluster://{LOOPBACK}:{port} failed")
+    assert "RedisClusterException" in message and "Connection refused" in message
     assert isinstance(info.value.__cause__, RedisClusterException)
+
+
+# --- transactions whose reply is lost, and what a store releases -----------------------------------------------------
+
+
+def test_an_update_whose_exec_reply_is_lost_is_applied_once_and_reported_unknown(
+    cluster_store: RedisSessionStore, cluster_client: RedisClient, reply_lost: ReplyLost
+) -> None:
+    """redis-py's cluster transactions re-send MULTI...EXEC on a new connection, without the WATCH, after a lost reply:
+    the store runs them on the node's own client, where a lost connection while watching is an unknown outcome."""
+    cluster_store.set("counter", {"n": 0})
+    reply_lost.arm()
+    with pytest.raises(StoreUnavailable, match="outcome unknown"):
+        cluster_store.update("counter", lambda s: {**s, "n": s["n"] + 1})
+    assert reply_lost.dropped == 1
+    assert orjson.loads(cluster_client.get(PREFIX + "counter"))["n"] == 1  # applied once, not re-sent
+    assert cluster_store.update("counter", lambda s: {**s, "n": s["n"] + 1})["n"] == 2  # and it works on afterwards
+
+
+def test_a_regenerate_whose_exec_reply_is_lost_is_reported_unknown_not_missing(
+    cluster_store: RedisSessionStore, reply_lost: ReplyLost
+) -> None:
+    old = cluster_store.create("gus", {})
+    reply_lost.arm()
+    with pytest.raises(StoreUnavailable, match="outcome unknown"):  # not SessionNotFound: the move did happen
+        cluster_store.regenerate(old)
+    assert reply_lost.dropped == 1
+    [new] = cluster_store.sessions_for_user("gus")  # moved once, and listed
+    assert new != old and cluster_store.exists(new) and not cluster_store.exists(old)
+
+
+def test_a_refused_login_is_a_configuration_error_not_an_outage(cluster_nodes: list[Address]) -> None:
+    clients = [make_client(node) for node in cluster_nodes]
+    try:
+        for client in clients:
+            client.execute_command("ACL", "SETUSER", "app", "reset", "on", ">right", "~*", "+@all")
+        with pytest.raises(StoreError) as info:
+            create_redis_client(
+                mode="cluster", cluster_nodes=cluster_nodes, username="app", password="wrong", environ={}
+            )
+        assert not isinstance(info.value, StoreUnavailable)  # the wrappers must neither retry nor fall back on it
+        assert "check username and password" in str(info.value) and "wrong" not in str(info.value)
+    finally:
+        for client in clients:
+            client.execute_command("ACL", "DELUSER", "app")
+            client.close()
+
+
+def _named(nodes: list[Address], name: str) -> int:
+    count = 0
+    for node in nodes:
+        with make_client(node) as probe:
+            count += sum(1 for entry in probe.client_list() if entry.get("name") == name)
+    return count
+
+
+def test_close_releases_the_connections_of_every_node(cluster_nodes: list[Address]) -> None:
+    host, port = cluster_nodes[0]
+    with RedisSessionStore.from_url(f"redis+cluster://{host}:{port}?client_name=closing-cluster") as store:
+        store.get_many([f"k{n}" for n in range(60)])  # keys on every node
+        assert _named(cluster_nodes, "closing-cluster") >= 3
+    wait_until(
+        lambda: _named(cluster_nodes, "closing-cluster") == 0 or _raise_not_ready(), time.monotonic() + 5, "close"
+    )
+
+
+def test_a_bad_store_option_leaves_no_cluster_client_open(cluster_nodes: list[Address]) -> None:
+    host, port = cluster_nodes[0]
+    with pytest.raises(ValueError, match="batch_size"):
+        RedisSessionStore.from_url(f"redis+cluster://{host}:{port}?client_name=refused-cluster", batch_size=0)
+    wait_until(
+        lambda: _named(cluster_nodes, "refused-cluster") == 0 or _raise_not_ready(), time.monotonic() + 5, "gone"
+    )
+
+
+def _raise_not_ready() -> bool:
+    raise NotReady("connections still open")
 
 
 # --- a master shut down (a cluster of its own, torn down at the end of the module: keep these tests last) -----------

@@ -13,6 +13,7 @@ import pytest
 from fmredis import FallbackSessionStore, InMemorySessionStore, SessionTTLManager
 from fmredis.breaker import CircuitBreaker
 from fmredis.lifecycle import session_ref
+from fmredis.outage_log import OutageLog
 from tests.fakes import OOM, FakeClock, FakePrimary
 
 
@@ -132,6 +133,80 @@ def test_an_eviction_during_the_write_back_is_counted(clock: FakeClock, caplog: 
     assert store.lost_unsynced == 2
     assert len([r for r in caplog.records if "evicted before it reached Redis" in r.getMessage()]) == 2
     assert [k for k in ("first", "a", "b", "c", "d") if primary.exists(k)] == ["first", "c", "d"]
+
+
+def evict_the_key_being_written_back(store: FallbackSessionStore, primary: FakePrimary) -> None:
+    """Arrange that, once the write-back has written ``first`` (the only session a memory of one holds) to the primary
+    and before it is done with it, another caller's outage write evicts ``first`` from memory."""
+
+    def write_during_write_back(key: str) -> None:
+        if key == "first":
+            primary.on_set = None
+            store.set("b", {"k": "b"})  # still degraded: lands in memory, which evicts "first"
+            assert not store.memory.exists("first")
+
+    primary.on_set = write_during_write_back
+
+
+def test_a_key_evicted_while_it_is_written_back_is_not_lost(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    primary = FakePrimary()
+    store = outage(primary, clock, max_entries=1)
+    evict_the_key_being_written_back(store, primary)
+    with caplog.at_level(logging.WARNING, logger="fmredis"):
+        recover(store, primary, clock)
+    assert not store.degraded
+    assert primary.exists("first") and primary.exists("b")
+    assert store.lost_unsynced == 0
+    assert not [r for r in caplog.records if "evicted before it reached Redis" in r.getMessage()]
+
+
+def test_without_sparing_the_key_being_written_back_its_eviction_counted_as_lost(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The naive log: evicted() never learns which key the write-back is applying (the assignments go nowhere).
+    monkeypatch.setattr(OutageLog, "_applying", property(lambda log: None, lambda log, key: None), raising=False)
+    primary = FakePrimary()
+    store = outage(primary, clock, max_entries=1)
+    evict_the_key_being_written_back(store, primary)
+    recover(store, primary, clock)
+    assert primary.exists("first")  # written back all the same ...
+    assert store.lost_unsynced == 1  # ... and reported lost
+
+
+def test_an_outage_write_evicted_before_the_write_back_is_still_lost(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary = FakePrimary()
+    store = outage(primary, clock, max_entries=1)
+    with caplog.at_level(logging.WARNING, logger="fmredis"):
+        store.set("b", {"k": "b"})  # evicts "first", which never reached the primary
+    recover(store, primary, clock)
+    assert not store.degraded
+    assert not primary.exists("first") and primary.exists("b")
+    assert store.lost_unsynced == 1
+    assert len([r for r in caplog.records if "evicted before it reached Redis" in r.getMessage()]) == 1
+
+
+def test_a_key_evicted_during_a_write_back_cut_off_by_an_outage_is_counted_lost(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary = FakePrimary()
+    store = outage(primary, clock, max_entries=1)
+    get = primary.get
+
+    def outage_while_reading_redis(key: str, *, refresh: bool = False) -> Any:
+        # The write-back reads Redis's copy of "first": meanwhile an outage write evicts "first", and Redis goes away.
+        monkeypatch.setattr(primary, "get", get)
+        store.set("b", {"k": "b"})
+        primary.down = True
+        return get(key, refresh=refresh)
+
+    monkeypatch.setattr(primary, "get", outage_while_reading_redis)
+    recover(store, primary, clock)
+    assert store.degraded and not store.memory.exists("first")
+    recover(store, primary, clock)
+    assert not store.degraded and primary.exists("b")
+    assert primary.exists("first") or store.lost_unsynced == 1  # written back, or its loss counted: never silent
 
 
 def test_recovery_ends_under_a_steady_stream_of_writes() -> None:

@@ -1,0 +1,73 @@
+"""The Lua scripts that make ``create`` and ``regenerate`` all or nothing.
+
+A script that fails half-way keeps what it already wrote, so each one checks, before its first write, everything that
+could refuse a later command: the type of every key (``WRONGTYPE``) and the ACL permission of every command it will run
+(``NOPERM``: Redis checks the keys named in ``KEYS`` when the script starts, but commands one at a time). Memory
+(``OOM``) is checked by Redis before a script's first write and never after it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["INSERT", "MOVE"]
+
+_HELPERS = """
+local function wrong_type(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  return found ~= kind and found ~= 'none'
+end
+local function refused(...)
+  for _, command in ipairs({...}) do
+    if not redis.acl_check_cmd(unpack(command)) then
+      return redis.error_reply('NOPERM this user has no permissions to run the ' .. command[1] .. ' command')
+    end
+  end
+end
+local WRONGTYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
+local function index(key, score, member, expire_at)
+  redis.call('ZADD', key, score, member)
+  -- NX sets a new key's expiry; GT only moves an existing one later (GT alone skips a key without one).
+  redis.call('EXPIREAT', key, expire_at, 'NX')
+  redis.call('EXPIREAT', key, expire_at, 'GT')
+end
+"""
+
+#: KEYS: session, index. ARGV: payload, seconds, created, session id, index expiry. Returns the index's size, or -1
+#: if the id is taken. Finding its own payload already there means redis-py re-sent it after a lost reply: done.
+INSERT = (
+    _HELPERS
+    + """
+if wrong_type(KEYS[2], 'zset') or wrong_type(KEYS[1], 'string') then return redis.error_reply(WRONGTYPE) end
+local no = refused({'set', KEYS[1], 'x', 'EX', '1'}, {'zadd', KEYS[2], '0', 'x'}, {'expireat', KEYS[2], '0'},
+                   {'zcard', KEYS[2]})
+if no then return no end
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+index(KEYS[2], ARGV[3], ARGV[4], ARGV[5])
+return redis.call('ZCARD', KEYS[2])
+"""
+)
+
+#: KEYS: old session, new session[, index]. ARGV: payload, seconds (0: past its lifetime, only remove), created, old
+#: id, new id, index expiry. Returns 1, or 0 if the new id is taken (nothing written).
+MOVE = (
+    _HELPERS
+    + """
+if wrong_type(KEYS[2], 'string') or (KEYS[3] and wrong_type(KEYS[3], 'zset')) then
+  return redis.error_reply(WRONGTYPE)
+end
+local no = refused({'set', KEYS[2], 'x', 'EX', '1'}, {'unlink', KEYS[1]})
+if not no and KEYS[3] then
+  no = refused({'zrem', KEYS[3], 'x'}, {'zadd', KEYS[3], '0', 'x'}, {'expireat', KEYS[3], '0'})
+end
+if no then return no end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2]) end
+redis.call('UNLINK', KEYS[1])
+if KEYS[3] then
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  if tonumber(ARGV[2]) > 0 then index(KEYS[3], ARGV[3], ARGV[5], ARGV[6]) end
+end
+return 1
+"""
+)
