@@ -134,13 +134,16 @@ class SessionStoreBase(StoreBackend, ISessionStore):
             return None
 
     def _indexed_for(self, session: dict[str, Any], seconds: int) -> None:
+        owner = session.get("user_id")
+        if type(owner) is str and owner:
+            self._keep_index_of(owner, session, seconds)
+
+    def _keep_index_of(self, owner: str, session: dict[str, Any], seconds: int) -> None:
         """Keep the user's index alive for a session of theirs that no lifetime cap bounds (the index's own expiry
         covers the capped ones)."""
-        owner = session.get("user_id")
-        if type(owner) is str and owner:  # owner_of() inlined: every set comes here
-            rules = self._rules
-            if rules.max_lifetime is None or rules.lifetime_left(session) is None:
-                self._keep_index(owner, seconds)
+        rules = self._rules
+        if rules.max_lifetime is None or rules.lifetime_left(session) is None:
+            self._keep_index(owner, seconds)
 
     def _load(self, key: str, read: Callable[..., bytes | None], *args: Any) -> dict[str, Any] | None:
         """``read(*args)`` decoded; ``None`` (with a warning) when it finds data that is not a session."""
@@ -175,8 +178,8 @@ class SessionStoreBase(StoreBackend, ISessionStore):
         seconds = self._rules.for_write(ttl, value, stamped=stamp)
         if seconds:
             self._write(key, payload, seconds)
-            if self._indexes_expire:
-                self._indexed_for(value, seconds)
+            if self._indexes_expire and type(owner := value.get("user_id")) is str and owner:  # inlined: hot path
+                self._keep_index_of(owner, value, seconds)
             self._op()
             return
         self._remove(key)

@@ -78,8 +78,7 @@ class RedisSessionStore(SessionStoreBase):
             raise TypeError(
                 f"client must be a redis-py client (redis.Redis, RedisCluster), not {type(client).__name__}"
             )
-        encoder = getattr(client, "get_encoder", None)
-        if callable(encoder) and getattr(encoder(), "decode_responses", False):
+        if client is not None and _decodes(client):
             raise TypeError("client must return bytes: build it with decode_responses=False (create_redis_client does)")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
@@ -336,3 +335,11 @@ def _release(client: RedisClient) -> None:
                 node.redis_connection.connection_pool.disconnect(inuse_connections=False)
     else:
         client.connection_pool.disconnect(inuse_connections=False)
+
+
+def _decodes(client: Any) -> bool:
+    """Whether ``client`` was built with ``decode_responses=True`` (a stand-in without an encoder does not)."""
+    try:
+        return bool(client.get_encoder().decode_responses)
+    except AttributeError:
+        return False
