@@ -122,3 +122,15 @@ def root_records() -> Iterator[list[logging.LogRecord]]:
 def reply_lost(monkeypatch: pytest.MonkeyPatch) -> ReplyLost:
     """Arm it to make the next reply of a command be read and then reported lost (see tests/fakes.py)."""
     return ReplyLost(monkeypatch)
+
+
+@pytest.fixture
+def clients() -> Iterator[list[redis.Redis]]:
+    """Collects the plain or cluster redis-py clients a test creates, and closes them all afterwards."""
+    made: list[redis.Redis] = []
+    yield made
+    for client in made:
+        client.close()
+        pool = getattr(client, "connection_pool", None)  # a cluster client has one per node, closed with it
+        if pool is not None:
+            pool.disconnect()

@@ -46,16 +46,6 @@ def proxy(server: RedisServer) -> Iterator[TcpProxy]:
         yield made
 
 
-@pytest.fixture
-def clients() -> Iterator[list[redis.Redis]]:
-    """Collects clients a test creates and closes them all afterwards."""
-    made: list[redis.Redis] = []
-    yield made
-    for client in made:
-        client.close()
-        client.connection_pool.disconnect()
-
-
 @pytest.mark.parametrize(("persistent", "expected"), [(False, None), (True, b"v")])
 def test_kill_and_restart_on_same_port(persistent: bool, expected: bytes | None, clients: list[redis.Redis]) -> None:
     with RedisServer(persistent=persistent) as server:

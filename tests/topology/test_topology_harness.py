@@ -38,15 +38,6 @@ def _ssl_errors(exc: BaseException) -> list[BaseException]:
     return found
 
 
-@pytest.fixture
-def clients() -> Iterator[list[redis.Redis]]:
-    """Collects clients (plain, cluster) a test creates and closes them all afterwards."""
-    made: list[redis.Redis] = []
-    yield made
-    for client in made:
-        client.close()
-
-
 def _sentinel(
     addresses: list[Address], *, password: str | None = None, sentinel_password: str | None = None
 ) -> Sentinel:
