@@ -62,12 +62,6 @@ class TTLRules:
         if not callable(self.wall_clock):
             raise TypeError(f"wall_clock must be callable, not {type(self.wall_clock).__name__}")
 
-    @classmethod
-    def of(cls, options: Mapping[str, Any]) -> TTLRules:
-        """The rules named by a store's keyword arguments (``default_ttl``, ``max_ttl``, ``ttl_policy``,
-        ``max_lifetime``); absent ones take the defaults."""
-        return cls(**{name: options[name] for name in _FIELD_NAMES if name in options})
-
     def explicit(self, ttl: int | None) -> int:
         """``ttl`` checked against ``max_ttl``, or ``default_ttl`` when ``None`` (``extend_ttl``)."""
         return self.default_ttl if ttl is None else check_ttl(ttl, self.max_ttl)
@@ -109,9 +103,6 @@ class TTLRules:
             return None
         epoch = _epoch(created) if type(created) is str else _epoch.__wrapped__(created)
         return None if epoch is None else epoch + self.max_lifetime - self.wall_clock()
-
-
-_FIELD_NAMES = ("default_ttl", "max_ttl", "ttl_policy", "max_lifetime", "wall_clock")
 
 
 # Every write of a session with created_at needs its epoch when the cap is on: cached, since the same few strings come

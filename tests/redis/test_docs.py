@@ -44,7 +44,8 @@ def test_docs_are_found() -> None:
 
 
 def test_the_loopback_guard_sees_other_hosts() -> None:
-    assert hosts('url = "redis+sentinel://:pw@127.0.0.1:26379,10.0.0.1:26379/m"') == {"127.0.0.1", "10.0.0.1"}
+    # 203.0.113.1: a documentation address (RFC 5737), never a private-range one, even in a string no test connects to
+    assert hosts('url = "redis+sentinel://:pw@127.0.0.1:26379,203.0.113.1:26379/m"') == {"127.0.0.1", "203.0.113.1"}
     assert hosts('RedisSessionStore.from_url("redis://cache.example:6380/0")') == {"cache.example"}
     assert hosts('"unix:///run/redis.sock"') == set()
 
