@@ -27,7 +27,7 @@ $(BIN)/activate: setup.py pyproject.toml
 test: redis-server $(BIN)/activate
 	$(BIN)/tox run
 
-# The benchmarks (the main job): the paced before/after logging comparison, the hot path against raw redis-py
+# The benchmarks (the main job): the paced before/after logging comparison, the hot path against raw redis-py, threads,
 # (interleaved), outage figures, the counters' cost, Sentinel failover figures, then pytest-benchmark (including the
 # cluster against standalone).
 # Tables on the terminal; JSON, the chart and the log under benchmarks/results/. REDIS_URL: use that server instead.
@@ -35,6 +35,7 @@ bench: redis-server $(BIN)/activate
 	mkdir -p $(RESULTS)
 	$(BIN)/python -m benchmarks.paced --out $(RESULTS)
 	$(BIN)/python -m benchmarks.hot_path --out $(RESULTS)
+	$(BIN)/python -m benchmarks.threads --out $(RESULTS)
 	$(BIN)/python -m benchmarks.outage --out $(RESULTS)
 	$(BIN)/python -m benchmarks.counters --out $(RESULTS)
 	$(BIN)/python -m benchmarks.failover --out $(RESULTS)

@@ -42,7 +42,8 @@ class CannedClient(redis.Redis):
 def stores(counters: bool) -> dict[str, ISessionStore]:
     memory = InMemorySessionStore(counters=counters)
     memory.set(KEY, SEED_SESSION)
-    return {"redis": RedisSessionStore(CannedClient(), counters=counters), "memory": memory}
+    # pipelining=False: the canned client answers through execute_command, the path without a socket.
+    return {"redis": RedisSessionStore(CannedClient(), counters=counters, pipelining=False), "memory": memory}
 
 
 def operations(store: ISessionStore) -> dict[str, Callable[[], object]]:

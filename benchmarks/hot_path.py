@@ -21,6 +21,7 @@ import importlib.util
 import json
 import re
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import orjson
 
 import fmredis
@@ -57,18 +59,55 @@ def load_other(checkout: Path) -> Any:
     return module
 
 
+class Floor:
+    """The floor for Python: a plain socket, hiredis' packer and a ``hiredis.Reader``, nothing else."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.reader = hiredis.Reader()
+        self.buffer = bytearray(65536)
+
+    def call(self, *args: Any) -> Any:
+        self.sock.sendall(hiredis.pack_command(args))
+        reply = self.reader.gets()
+        while reply is False:
+            count = self.sock.recv_into(self.buffer)
+            self.reader.feed(self.buffer, 0, count)
+            reply = self.reader.gets()
+        return reply
+
+
 def variants(url: str, other: Any) -> dict[str, dict[str, Callable[[], object]]]:
     raw = fmredis.create_redis_client(url=url, environ={})
     store = fmredis.RedisSessionStore(fmredis.create_redis_client(url=url, environ={}), prefix="hot:store:")
+    plain = fmredis.RedisSessionStore(
+        fmredis.create_redis_client(url=url, environ={}), prefix="hot:plain:", pipelining=False
+    )
+    assert store.pipelined and not plain.pipelined
+    # redis-py's own Connection, kept out of its pool: what is left of redis-py without Redis.execute_command.
+    connection = fmredis.create_redis_client(url=url, environ={}).connection_pool.get_connection()
+    floor = Floor(int(url.rsplit(":", 1)[1].split("/")[0]))
     raw.set("hot:raw:k", orjson.dumps(SEED_SESSION))
     store.set("k", SEED_SESSION)
+    plain.set("k", SEED_SESSION)
+
+    def pooled(*args: Any) -> Any:
+        connection.send_packed_command(connection.pack_command(*args))
+        return connection.read_response()
+
     get: dict[str, Callable[[], object]] = {
         "raw": lambda: orjson.loads(raw.get("hot:raw:k")),
         "store": lambda: store.get("k"),
+        "store-rp": lambda: plain.get("k"),
+        "pooled": lambda: orjson.loads(pooled("GET", "hot:raw:k")),
+        "floor": lambda: orjson.loads(floor.call("GET", "hot:raw:k")),
     }
     put: dict[str, Callable[[], object]] = {
         "raw": lambda: raw.set("hot:raw:k", orjson.dumps(SEED_SESSION), ex=TTL),
         "store": lambda: store.set("k", SEED_SESSION, TTL),
+        "store-rp": lambda: plain.set("k", SEED_SESSION, TTL),
+        "pooled": lambda: pooled("SET", "hot:raw:k", orjson.dumps(SEED_SESSION), "EX", TTL),
+        "floor": lambda: floor.call("SET", "hot:raw:k", orjson.dumps(SEED_SESSION), "EX", TTL),
     }
     if other is not None:
         old = other.RedisSessionStore(other.create_redis_client(url=url, environ={}), prefix="hot:other:")
@@ -105,6 +144,7 @@ def measure(url: str, other: Any, rounds: int, calls: int) -> dict[str, Any]:
                 "cpu_us": round(statistics.median(cpu[name]), 2),
                 "wall_us": round(statistics.median(wall[name]), 2),
                 "cpu_vs_raw": round(statistics.median(a / b for a, b in zip(cpu[name], cpu["raw"], strict=True)), 3),
+                "wall_vs_raw": round(statistics.median(a / b for a, b in zip(wall[name], wall["raw"], strict=True)), 3),
             }
             for name in names
         }
@@ -116,13 +156,13 @@ def measure(url: str, other: Any, rounds: int, calls: int) -> dict[str, Any]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"{'call':5} {'path':9} {'CPU us':>8} {'wall us':>8} {'CPU vs raw':>11}"]
+    lines = [f"{'call':5} {'path':9} {'CPU us':>8} {'wall us':>8} {'CPU vs raw':>11} {'wall vs raw':>12}"]
     for operation, by_name in report.items():
         for name, figures in by_name.items():
             if isinstance(figures, dict):
                 lines.append(
                     f"{operation:5} {name:9} {figures['cpu_us']:8.1f} {figures['wall_us']:8.1f} "
-                    f"{figures['cpu_vs_raw']:10.3f}x"
+                    f"{figures['cpu_vs_raw']:10.3f}x {figures['wall_vs_raw']:11.3f}x"
                 )
         if "store_vs_compared_cpu" in by_name:
             ratio = by_name["store_vs_compared_cpu"]

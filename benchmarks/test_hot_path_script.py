@@ -19,7 +19,8 @@ def test_hot_path_script_times_every_path(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     report = json.loads((tmp_path / "hot_path.json").read_text())
     for operation in ("get", "set"):
-        assert set(report[operation]) == {"raw", "store", "compared", "store_vs_compared_cpu"}
+        paths = {"raw", "store", "store-rp", "pooled", "floor", "compared"}
+        assert set(report[operation]) == paths | {"store_vs_compared_cpu"}
         assert report[operation]["raw"]["cpu_vs_raw"] == 1.0
-        assert report[operation]["store"]["cpu_us"] > 0 and report[operation]["compared"]["wall_us"] > 0
+        assert all(report[operation][path]["cpu_us"] > 0 and report[operation][path]["wall_us"] > 0 for path in paths)
     assert "CPU vs raw" in result.stdout

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from redis.backoff import FullJitterBackoff
@@ -31,7 +30,7 @@ from fmredis.lifecycle import (
     report_regenerated,
     session_ref,
 )
-from fmredis.serialization import CorruptSession, decode_session, encode_session, parse_utc, utc_now
+from fmredis.serialization import CorruptSession, decode_session, encode_session, parse_utc, stamped, utc_now
 from fmredis.store import ISessionStore, SessionUpdate
 from fmredis.ttl_policy import SessionTTLManager
 from fmredis.ttl_rules import TTLRules
@@ -43,7 +42,6 @@ T = TypeVar("T")
 # Full jitter, 1 ms doubling per attempt, at most 100 ms: updaters that keep colliding (a slow fn) spread out instead
 # of retrying in lockstep.
 _CONFLICT_BACKOFF = FullJitterBackoff(cap=0.1, base=0.001)
-_now, _UTC = datetime.now, timezone.utc
 
 
 def conflict_pause(attempt: int) -> None:
@@ -172,8 +170,8 @@ class SessionStoreBase(StoreBackend, ISessionStore):
     def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
         """See :meth:`ISessionStore.set`."""
         check_key(key)
-        if stamp and isinstance(value, dict):
-            value = {**value, "last_activity": _now(_UTC)}  # stamped() inlined: the hot path
+        if stamp:
+            value = stamped(value)
         payload = encode_session(value)
         seconds = self._rules.for_write(ttl, value, stamped=stamp)
         if seconds:

@@ -14,6 +14,7 @@ from fmredis.backend import Transaction
 from fmredis.client import RedisClient, create_redis_client
 from fmredis.config import RedisSettings, resolve_settings
 from fmredis.core import SessionStoreBase, conflict_pause
+from fmredis.multiplex import Multiplexer
 from fmredis.redis_errors import lost_connection, redis_call
 from fmredis.redis_index import RedisUserIndex, watched
 from fmredis.ttl_policy import SessionTTLManager
@@ -51,7 +52,13 @@ class RedisSessionStore(SessionStoreBase):
     :class:`~fmredis.errors.StoreError` (the server's reason in the message; see :mod:`fmredis.redis_errors`).
     Corrupt data (not a JSON object, or a key of another Redis type) reads as missing and logs one warning with the
     session's reference, never the payload. The per-user index lives under ``"user-sessions:" + prefix + user_id``.
-    Other options: see :class:`~fmredis.core.SessionStoreBase`.
+    ``pipelining`` (default on): the session commands (get, set, delete, exists, ttl, touch, the bulk calls) skip
+    ``Redis.execute_command`` and go through one connection borrowed from the client's pool, which threads calling at
+    once share, their commands written together and the replies matched back in order (see
+    :mod:`fmredis.multiplex`: per-call timeout of ``socket_timeout``, a lost connection retried once for these
+    idempotent commands). ``update``, ``create``, ``regenerate`` and the user-index calls keep redis-py's path, on the
+    pool's other connections. Not used for a cluster client or a pool of one connection. Other options: see
+    :class:`~fmredis.core.SessionStoreBase`.
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class RedisSessionStore(SessionStoreBase):
         update_attempts: int = 64,
         batch_size: int = 1000,
         counters: bool = True,
+        pipelining: bool = True,
         owns_client: bool | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -82,6 +90,8 @@ class RedisSessionStore(SessionStoreBase):
             raise TypeError("client must return bytes: build it with decode_responses=False (create_redis_client does)")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        if type(pipelining) is not bool:
+            raise TypeError(f"pipelining must be a bool, not {type(pipelining).__name__}")
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size must be an int of at least 1 (got {batch_size!r})")
         super().__init__(
@@ -104,6 +114,7 @@ class RedisSessionStore(SessionStoreBase):
             "update_attempts": update_attempts,
             "batch_size": batch_size,
             "counters": counters,
+            "pipelining": pipelining,
             "wall_clock": wall_clock,
         }
         self._settings: RedisSettings | None = None
@@ -112,13 +123,14 @@ class RedisSessionStore(SessionStoreBase):
             self._settings = resolve_settings()
             client = create_redis_client(self._settings)
         self._client = client
-        # Bound once: redis-py's typed wrappers (get, set ...) only rebuild the same argument tuple, and skipping them
-        # keeps the store within a few percent of raw redis-py.
-        self._execute: Callable[..., Any] = client.execute_command
         self._prefix = prefix
         self._batch_size = batch_size
         # A cluster client splits multi-key commands by slot only through its typed methods (mget_nonatomic, unlink).
         self._cluster = isinstance(client, RedisCluster)
+        # The session commands go through a multiplexer on one of the client's pooled connections (the lean path,
+        # pipelined across threads) where it can borrow one; else straight to redis-py's execute_command.
+        self._mux = _multiplexer(client) if pipelining and not self._cluster else None
+        self._execute: Callable[..., Any] = client.execute_command if self._mux is None else self._mux.execute
         self._index = RedisUserIndex(
             client,
             index_prefix="user-sessions:" + prefix,
@@ -128,7 +140,6 @@ class RedisSessionStore(SessionStoreBase):
             cluster=self._cluster,
         )
         self._indexes_expire = True  # with a lifetime cap, still for sessions whose created_at is unreadable
-        self._kept = self._index.kept
 
     @classmethod
     def from_url(cls, url: str, **store_options: Any) -> RedisSessionStore:
@@ -157,6 +168,8 @@ class RedisSessionStore(SessionStoreBase):
             replacement._settings = self._settings
             return replacement
         _release(self._client)
+        if self._mux is not None:
+            self._mux.release()
         return self
 
     def _repr_fields(self) -> str:
@@ -171,11 +184,19 @@ class RedisSessionStore(SessionStoreBase):
     def prefix(self) -> str:
         return self._prefix
 
+    @property
+    def pipelined(self) -> bool:
+        """Whether the session commands go through the shared, automatically pipelined connection."""
+        return self._mux is not None
+
     def _close(self) -> None:
-        """Disconnect the idle connections of the client's pools if this store owns its client (a client passed in is
-        left to its owner). Commands other threads are running finish; their connections close when garbage
-        collected. A store used after ``close`` connects again."""
+        """If this store owns its client: return the client's shared connection and disconnect the idle connections of
+        its pools (a client passed in is left to its owner, and its shared connection to its other stores). Commands
+        other threads are running finish; their connections close when garbage collected. A store used after
+        ``close`` connects again."""
         if self._owns_client:
+            if self._mux is not None:
+                self._mux.release()  # the client's shared connection (other stores on a client passed in keep it)
             _release(self._client)
 
     # --- primitives --------------------------------------------------------------------------------------------------
@@ -194,10 +215,14 @@ class RedisSessionStore(SessionStoreBase):
 
     def _read_with_ttl(self, key: str) -> tuple[bytes | None, int]:
         full_key = self._prefix + key
-        with _TTL, self._client.pipeline(transaction=False) as pipe:
-            pipe.execute_command("GET", full_key)
-            pipe.execute_command("PTTL", full_key)
-            payload, milliseconds = pipe.execute()
+        with _TTL:
+            if self._mux is not None:
+                payload, milliseconds = self._mux.execute_many((("GET", full_key), ("PTTL", full_key)))
+            else:
+                with self._client.pipeline(transaction=False) as pipe:
+                    pipe.execute_command("GET", full_key)
+                    pipe.execute_command("PTTL", full_key)
+                    payload, milliseconds = pipe.execute()
         milliseconds = int(milliseconds)
         if milliseconds == -2:  # expired between the two commands
             return None, 0
@@ -267,9 +292,7 @@ class RedisSessionStore(SessionStoreBase):
             return self._index.unlink_all(user_id, self._update_attempts, conflict_pause)
 
     def _keep_index(self, user_id: str, seconds: int) -> None:
-        if self._kept.get(user_id, 0) >= time.time() + seconds:  # keep_alive_due's check inlined: most sets stop here
-            return
-        expire_at = self._index.keep_alive_due(user_id, seconds)
+        expire_at = self._index.keep_alive_due(user_id, seconds)  # no round trip: most writes stop here
         if expire_at is not None:
             with _EXPIREAT:
                 self._index.push_expiry(user_id, expire_at)
@@ -335,6 +358,19 @@ def _release(client: RedisClient) -> None:
                 node.redis_connection.connection_pool.disconnect(inuse_connections=False)
     else:
         client.connection_pool.disconnect(inuse_connections=False)
+
+
+def _multiplexer(client: RedisClient) -> Multiplexer | None:
+    """A multiplexer on ``client``'s pool, or ``None`` when it has no pool to borrow from (a stand-in client) or a
+    pool of one connection (holding it would leave none for ``update``'s ``WATCH``)."""
+    pool = getattr(client, "connection_pool", None)
+    if not callable(getattr(pool, "get_connection", None)) or not isinstance(
+        getattr(pool, "connection_kwargs", None), dict
+    ):
+        return None
+    if getattr(pool, "max_connections", 2) < 2:
+        return None
+    return Multiplexer.of(pool)
 
 
 def _decodes(client: Any) -> bool:

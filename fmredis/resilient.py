@@ -36,7 +36,8 @@ class ResilientRedisSessionStore(ISessionStore):
       in all, with exponential backoff and full jitter (``backoff_base * 2**n`` capped at ``backoff_cap``), never past
       ``deadline`` seconds from the call's start: no attempt is started that, as slow as the last one, would end
       past it. A caller therefore waits at most about ``deadline`` plus one attempt, and one attempt against a frozen
-      server lasts ``socket_timeout x (1 + retry_attempts)`` of the client settings, plus a reconnect's handshake.
+      server lasts ``socket_timeout`` of the client settings for a pipelined command (see :mod:`fmredis.multiplex`)
+      and ``socket_timeout x (1 + retry_attempts)`` on redis-py's path, plus a reconnect's handshake.
       Other errors are not retried.
     - After ``rebuild_after`` consecutive connection failures the store (client and pool) is rebuilt: with the
       factory, or for an instance with its ``rebuild()`` (:meth:`RedisSessionStore.rebuild`: a new client from the
