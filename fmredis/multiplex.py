@@ -13,9 +13,10 @@ reads their replies in order and hands each to its caller; while commands keep a
 queued caller to take it. A thread alone pays no thread switch at all, and under load one write and one read carry a
 whole batch. Replies are matched by position only: a batch is taken off the queue under the mutex and sent and read
 by the one thread that leads, so no reply can reach another caller, even when a caller gives up waiting (its reply
-is read and dropped). The lead is a token: whatever is raised in a leader (``KeyboardInterrupt``, a signal handler's
-exception), the ``finally`` that took it gives it up. An I/O thread was measured too (``python -m
-benchmarks.threads``).
+is read and dropped). The lead is a token: whatever is raised in a leader (``KeyboardInterrupt``, a signal
+handler's exception), the ``finally`` that took it gives it up; a connection written to but not fully read
+(``_dirty``) is dropped by the next leader; and waiters wake every ``_SLICE`` seconds to take a lead nobody holds.
+A dedicated I/O thread was measured too (``python -m benchmarks.threads``).
 
 Rules every caller can rely on:
 
@@ -72,6 +73,8 @@ _BUDGET = 0.005
 # A connection idle for longer is checked before use (one poll): the server may have closed it meanwhile (a restart,
 # its idle timeout), and a command that is not idempotent must not be the one to find out.
 _IDLE = 1.0
+# A waiter wakes at least this often to check that someone leads (a wake-up lost to an interrupt heals within it).
+_SLICE = 0.05
 
 _pack = hiredis.pack_command
 _QUEUED, _TAKEN, _DONE, _FAILED, _ABANDONED = range(5)
@@ -135,6 +138,9 @@ class Multiplexer:
         self._retire = False  # release() came while busy: the leader returns the connection when it stops
         self._token = 0  # which lead is the current one: settling a lead twice (or a stale one) does nothing
         self._used = 0.0  # time.monotonic() of the connection's last round trip
+        # Set before a write, cleared once every reply of it is read: a leader cut short between the two (an interrupt)
+        # leaves unread replies behind, and the next leader must not read them as its own.
+        self._dirty = False
 
     @property
     def pool(self) -> Any:
@@ -159,7 +165,7 @@ class Multiplexer:
         payload = b"".join([_pack(tuple(command)) for command in commands])
         call = _Call(payload, len(commands))
         self._run(call, all(command[0] in IDEMPOTENT for command in commands))
-        replies: list[Any] = call.replies
+        replies: list[Any] = call.replies if len(commands) > 1 else [call.replies]
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
@@ -186,13 +192,14 @@ class Multiplexer:
         try:
             with self._mutex:
                 wire = self._wire
-                if self._busy or wire is None or time.monotonic() - self._used > _IDLE:
-                    return _BUSY  # (an idle connection is checked on the general path)
+                if self._busy or wire is None or self._dirty or time.monotonic() - self._used > _IDLE:
+                    return _BUSY  # (an idle or dirty connection is checked on the general path)
                 self._busy, token = True, self._claim()
             try:
+                self._dirty = True
                 wire.send(payload)
                 reply = wire.read()
-                self._used = time.monotonic()
+                self._dirty, self._used = False, time.monotonic()
             except BaseException as exc:
                 failed = _Call(payload, 1)
                 failed.state, failed.sent = _TAKEN, True
@@ -202,8 +209,9 @@ class Multiplexer:
             else:
                 later = self._rounds(1, None)
         finally:
-            if token:
-                self._settle(token)
+            late = self._settled(token)
+        if late is not None:
+            raise late
         if failed is not None:  # the next leader reconnects; this call is re-sent once if it may be
             self._recover(failed, idempotent)
             return failed.replies
@@ -247,26 +255,31 @@ class Multiplexer:
 
     def _wait(self, call: _Call, queued: float) -> None:
         """Wait (``call`` is queued) until the leader has sent and answered it, or ``socket_timeout`` after
-        ``queued``; lead if nudged while no one leads."""
+        ``queued``; lead when nudged, or when a slice of waiting ends with the call queued and no one leading (a nudge
+        lost to an interrupt costs one slice, never the whole timeout)."""
         timeout = self._timeout
         nudged = False
         try:
             while True:
-                left = -1.0 if timeout is None else max(0.0, queued + timeout - time.monotonic())
+                left = _SLICE if timeout is None else min(_SLICE, max(0.0, queued + timeout - time.monotonic()))
                 news = call.wake.acquire(timeout=left)
                 nudge: Any = None
                 with self._mutex:
                     if call.state not in (_QUEUED, _TAKEN):
                         return  # done or failed (the leader set it before waking this thread)
-                    if not news or (timeout is not None and time.monotonic() - queued >= timeout):
-                        nudge = self._give_up(call, nudged=False)  # (reads ``pinged``: a nudge goes on)
-                    else:
+                    if news:
+                        nudged = call.state == _QUEUED  # (before the flag is cleared: an interrupt passes it on)
                         call.pinged = False
-                        if call.state == _TAKEN:
-                            continue  # a nudge that came after the call was taken: its reply is on the way
-                        nudged = True
-                if nudge is not None:
-                    nudge.release()
+                    if timeout is not None and time.monotonic() - queued >= timeout:
+                        nudge = self._give_up(call, nudged=nudged)  # (a nudge it had goes on to the next caller)
+                    elif call.state == _TAKEN or self._busy:
+                        nudged = False
+                        continue  # its reply is on the way, or a leader will take it
+                    else:
+                        nudge = _BUSY  # queued, and no one leads: lead
+                if nudge is not _BUSY:
+                    if nudge is not None:
+                        nudge.release()
                     return
                 if self._lead(call, queue=False):
                     return
@@ -284,7 +297,8 @@ class Multiplexer:
         gets it."""
         nudge = None
         if call.state == _QUEUED:
-            self._pending.remove(call)
+            if call in self._pending:
+                self._pending.remove(call)
             outcome = "it was not sent"
             if (nudged or call.pinged) and not self._busy:  # (a queued call is only ever pinged to lead)
                 nudge = self._nudge()
@@ -307,6 +321,7 @@ class Multiplexer:
         settled here."""
         token = 0
         failure: BaseException | None = None
+        batch: list[_Call] = []
         try:
             with self._mutex:
                 if self._busy or (not queue and own.state != _QUEUED):
@@ -321,9 +336,13 @@ class Multiplexer:
                     call.state, call.sent = _TAKEN, True
             failure = self._serve(batch)
             failure = self._rounds(1, failure)
+        except BaseException as exc:
+            self._orphaned(batch, exc)
+            raise
         finally:
-            if token:
-                self._settle(token)
+            late = self._settled(token)
+        if late is not None:
+            raise late
         if failure is not None and not isinstance(failure, Exception):
             raise failure
         return True
@@ -333,17 +352,43 @@ class Multiplexer:
         ``_BUDGET`` seconds, and none after a failure or when a connection must be made (the next leader does that):
         the leader's own caller waits for others no longer than one round. Returns the last failure."""
         until = time.monotonic() + _BUDGET
-        while failure is None and rounds < _ROUNDS:
-            with self._mutex:
-                batch = self._pending
-                if not batch or self._wire is None or time.monotonic() > until:
-                    break
-                self._pending = []
-                for call in batch:
-                    call.state, call.sent = _TAKEN, True
-            failure = self._serve(batch)
-            rounds += 1
+        batch: list[_Call] = []
+        try:
+            while failure is None and rounds < _ROUNDS:
+                with self._mutex:
+                    if not self._pending or self._wire is None or time.monotonic() > until:
+                        break
+                    batch, self._pending = self._pending, []
+                    for call in batch:
+                        call.state, call.sent = _TAKEN, True
+                failure = self._serve(batch)
+                batch = []
+                rounds += 1
+        except BaseException as exc:
+            self._orphaned(batch, exc)
+            raise
         return failure
+
+    def _orphaned(self, batch: list[_Call], exc: BaseException) -> None:
+        """A leader interrupted (``KeyboardInterrupt``) between taking ``batch`` and finishing it: fail what is not
+        done (its replies may be unread: the connection goes too), so that no caller waits for a reply nobody reads."""
+        if any(call.state in (_QUEUED, _TAKEN) for call in batch):
+            with self._mutex:
+                for call in batch:
+                    if call.state == _QUEUED:
+                        call.state = _TAKEN  # taken off the queue already: fail it like the others
+            self._fail(batch, self._connection, exc)
+
+    def _settled(self, token: int) -> BaseException | None:
+        """Settle the lead ``token`` (if any) even if interrupted meanwhile; returns the interruption to re-raise."""
+        late: BaseException | None = None
+        while token:
+            try:
+                self._settle(token)
+                token = 0
+            except BaseException as exc:  # _settle is idempotent per token: run it again
+                late = exc
+        return late
 
     def _settle(self, token: int) -> None:
         """End the lead ``token`` (a stale or settled one: nothing): free the connection for the next caller, nudge the
@@ -375,22 +420,28 @@ class Multiplexer:
         connection = self._connection
         done = 0
         try:
-            if connection is not None and time.monotonic() - self._used > _IDLE and self._wire.stale():
-                self._give_back(connection)  # closed by the server while idle: nothing was sent on it
+            if connection is not None and (
+                self._dirty or (time.monotonic() - self._used > _IDLE and self._wire.stale())
+            ):
+                # Replies left unread by an interrupted leader, or closed by the server while idle (nothing was sent
+                # on it): not fit to carry this batch.
+                self._give_back(connection)
                 connection = self._connection = self._wire = None
+                self._dirty = False
             if connection is None:
                 connection = self._connection = self._pool.get_connection()
                 self._wire = Wire(connection, self._sentinel_master)
             wire = self._wire
+            self._dirty = True
             wire.send(batch[0].payload if len(batch) == 1 else b"".join([call.payload for call in batch]))
             read = wire.read
             for call in batch:
                 call.replies = read() if call.count == 1 else [read() for _ in range(call.count)]
                 done += 1
-            self._used = time.monotonic()
+            self._dirty, self._used = False, time.monotonic()
         except BaseException as exc:
+            self._fail(batch[done:], connection, exc)  # first: the connection goes before anything else can run
             self._finish(batch[:done])
-            self._fail(batch[done:], connection, exc)
             return exc
         self._finish(batch)
         return None
@@ -416,6 +467,7 @@ class Multiplexer:
         connection that could not be borrowed sent nothing)."""
         if connection is not None:
             self._connection = self._wire = None
+            self._dirty = False
             self._give_back(connection)
         wakes = []
         with self._mutex:

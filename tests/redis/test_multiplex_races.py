@@ -395,6 +395,103 @@ def test_periodic_signals_do_not_stretch_the_socket_timeout(server: RedisServer)
         )
 
 
+# --- interrupts that must not cost a reply, a batch or a wake-up -------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["alone", "batch"])
+def test_an_interrupt_after_a_timed_out_read_never_hands_the_late_reply_to_the_next_caller(where: str) -> None:
+    """A read times out (the server is stalled), and an interrupt lands in the failure handling before the connection
+    is dropped. The late reply of ``GET a`` is then waiting on the connection: the next caller's ``GET b`` must get
+    b's value, never a's. (The first version kept the connection and handed a's value to the ``GET b``.)"""
+    config = [("enable-debug-command", "yes")]
+    with RedisServer("mux-review-late", config=config) as server:
+        probe = server.client()
+        probe.set("a", "value-of-a")
+        probe.set("b", "value-of-b")
+        mux = Multiplexer(make_pool(server.port, socket_timeout=0.2))
+        mux.execute("PING")
+        mux.execute("PING")  # connected and just used: the next call takes the inline path
+        stall = threading.Thread(
+            target=lambda: server.client(socket_timeout=5).execute_command("DEBUG", "SLEEP", "0.5")
+        )
+        stall.start()
+        time.sleep(0.05)
+        if where == "alone":
+            function, text, first = Multiplexer._alone, "failed = _Call(payload, 1)", lambda: mux.execute("GET", "a")
+        else:
+            function, text, first = Multiplexer._finish, "wakes = []", lambda: mux.execute_many([("GET", "a")])
+        with raising_at(function.__code__, line_of(function, text)) as fired, pytest.raises(KeyboardInterrupt):
+            first()
+        assert fired
+        stall.join()
+        time.sleep(0.05)  # the late reply to GET a has arrived, if the connection is still there
+        assert mux.execute("GET", "b") == b"value-of-b"
+        probe.close()
+
+
+def test_an_interrupt_while_a_batch_is_taken_fails_the_rest_of_it_instead_of_losing_it(
+    server: RedisServer, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt in the loop that marks a taken batch: the calls behind the interrupted one are off the queue. They
+    must end (sent by a later leader or failed), not wait for a reply nobody reads or raise ValueError at their
+    timeout (the first version did both)."""
+    monkeypatch.setattr(multiplex, "_ROUNDS", 1)
+    mux = Multiplexer(make_pool(server.port, socket_timeout=1.0))
+    mux.execute("PING")
+    leader = threading.Thread(target=mux.execute, args=("BLPOP", "review:nothing", "0.3"), daemon=True)
+    leader.start()
+    wait_for(lambda: mux._busy, what="the leader to start")
+    outcomes: list[str] = []
+
+    def queue_two() -> None:
+        wait_for(lambda: len(mux._pending) == 1, what="the main thread to queue")
+        for _ in range(2):
+            count = len(mux._pending)
+
+            def call() -> None:
+                try:
+                    outcomes.append(f"ok {mux.execute('SET', 'review:sent', 'yes')!r}")
+                except redis.RedisError as exc:
+                    outcomes.append(type(exc).__name__)
+                except Exception as exc:  # ValueError from the queue: the defect
+                    outcomes.append(f"BUG {type(exc).__name__}")
+
+            threading.Thread(target=call, daemon=True).start()
+            wait_for(lambda count=count: len(mux._pending) == count + 1, what="a caller to queue")
+
+    helper = threading.Thread(target=queue_two, daemon=True)
+    helper.start()
+    line = line_of(Multiplexer._lead, "call.state, call.sent = _TAKEN, True")
+    hits = [0]
+    previous = sys.gettrace()
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line" and frame.f_lineno == line:
+            hits[0] += 1
+            if hits[0] == 2:  # the second call of the batch: the first is marked, the rest are not
+                raise KeyboardInterrupt
+        return local
+
+    sys.settrace(lambda frame, event, arg: local if frame.f_code is Multiplexer._lead.__code__ else None)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mux.execute("GET", "review:k")  # queues, is nudged, leads: interrupted while marking its batch
+    finally:
+        sys.settrace(previous)
+    assert hits[0] >= 2
+    wait_for(lambda: len(outcomes) == 2, 5, "both queued callers to end")
+    assert not any(outcome.startswith("BUG") for outcome in outcomes), outcomes
+    assert not mux._pending and mux.execute("PING") == b"PONG"
+    leader.join(5)
+
+
+def test_execute_many_of_one_command_returns_a_list_of_one(server: RedisServer, raw: redis.Redis) -> None:
+    raw.set("review:one", "1")
+    mux = Multiplexer(make_pool(server.port))
+    assert mux.execute_many([("GET", "review:one")]) == [b"1"]
+    assert mux.execute_many([("GET", "review:missing")]) == [None]
+
+
 # --- guards ----------------------------------------------------------------------------------------------------
 
 
