@@ -18,33 +18,13 @@ handler's exception), the ``finally`` that took it gives it up; a connection wri
 (``_dirty``) is dropped by the next leader; and waiters wake every ``_SLICE`` seconds to take a lead nobody holds.
 A dedicated I/O thread was measured too (``python -m benchmarks.threads``).
 
-Rules every caller can rely on:
-
-- **Timeout.** A queued caller whose reply has not come within the connection's ``socket_timeout`` raises redis-py's
-  ``TimeoutError`` (the store's guard makes it ``StoreUnavailable``), whatever the leader is doing; its reply, if it
-  comes, is dropped. The message says "it was not sent" if it never left the queue, else "its outcome is unknown". A
-  leader reads with the socket's own timeout (``socket_timeout`` per read) and, its own reply in, serves at most one
-  more batch that could stall it.
-- **Lost connection.** When a write or read fails, the connection is closed and returned to its pool, and every call
-  in flight on it fails. An idempotent one (``IDEMPOTENT``: the same effect if run twice) is sent once more on a new
-  connection, unless the client's ``retry_attempts`` is 0; any other raises ``ConnectionError`` saying its outcome is
-  unknown. A re-sent ``UNLINK`` whose first run deleted the key reports 0, as with redis-py's own retry. Not re-sent:
-  a timed-out command (that would double the wait), and one that could not get a connection (redis-py's ``connect``
-  has retried already). A connection idle for more than ``_IDLE`` seconds is polled before use, and replaced if the
-  server closed it. Error replies redis-py treats as an outage (``LOADING``, ``NOAUTH``, "max number of clients")
-  are raised as its ``ConnectionError`` subclasses, never returned as data.
-- **Pool.** The connection is borrowed from the client's own pool (``pool.get_connection()``: bounded by
-  ``max_connections``, blocking up to ``pool_timeout``, connected and checked) and kept; it goes back on a failure,
-  on :meth:`release` and after a fork. Everything else (``WATCH``/``MULTI``, scripts, blocking commands) keeps using
-  the pool's other connections through redis-py.
-- **Fork.** A child process never touches the parent's socket or its locks: an ``os.register_at_fork`` hook gives
-  every multiplexer fresh state in the child, which borrows its own connection on first use.
+What a caller can rely on (timeouts, lost connections and re-sends, idle connections, the pool, fork, interrupts)
+is documented once, in ``docs/pipelining.md``; the comments below say how each rule is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import threading
 import time
@@ -53,18 +33,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from fmredis.mux_calls import _ABANDONED, _DONE, _FAILED, _QUEUED, _TAKEN, IDEMPOTENT, copy_error
+from fmredis.mux_calls import Call as _Call
 from fmredis.wire import Wire
 
 __all__ = ["IDEMPOTENT", "Multiplexer"]
-
-#: Commands that have the same effect if Redis runs them twice (as the store sends them: SET with a fixed value and EX,
-#: EXPIRE with a fixed number of seconds, EXPIREAT to a fixed time; UNLINK's second reply counts 0). Only these are
-#: re-sent after a connection is lost with them in flight.
-IDEMPOTENT = frozenset({"GET", "SET", "UNLINK", "EXISTS", "GETEX", "TTL", "PTTL", "MGET", "EXPIRE", "EXPIREAT"})
 
 # A leader serves at most this many batches, within this many seconds, before passing the lead on: enough to keep a
 # busy connection full without making its own caller wait for everybody else's replies for long.
@@ -77,24 +53,7 @@ _IDLE = 1.0
 _SLICE = 0.05
 
 _pack = hiredis.pack_command
-_QUEUED, _TAKEN, _DONE, _FAILED, _ABANDONED = range(5)
 _BUSY = object()  # _alone's answer when another thread leads
-
-
-class _Call:
-    """One caller's commands (``count`` of them, packed together) and, once done, their replies or failure."""
-
-    __slots__ = ("count", "error", "payload", "pinged", "replies", "sent", "state", "wake")
-
-    def __init__(self, payload: bytes, count: int) -> None:
-        self.payload = payload
-        self.count = count
-        self.state = _QUEUED
-        self.sent = False  # taken for sending at least once (whether Redis got it is then unknown until a reply)
-        self.replies: Any = None
-        self.error: BaseException | None = None
-        self.wake: Any = None  # a lock held until the leader has news for a waiting caller (made only for waiters)
-        self.pinged = False  # (under the mutex) the wake lock was, or is about to be, released: one release at a time
 
 
 class Multiplexer:
@@ -473,7 +432,7 @@ class Multiplexer:
         with self._mutex:
             for call in calls:
                 if call.state == _TAKEN:
-                    call.error = _copy(exc)
+                    call.error = copy_error(exc)
                     call.state, call.sent = _FAILED, connection is not None
                     if call.wake is not None and not call.pinged:
                         call.pinged = True
@@ -489,21 +448,6 @@ class Multiplexer:
             connection.disconnect()
         with contextlib.suppress(Exception):
             self._pool.release(connection)
-
-
-def _copy(exc: BaseException) -> BaseException:
-    """A fresh exception per caller (one raised object shared by threads would mix their tracebacks)."""
-    if isinstance(exc, RedisError):
-        try:
-            clone = copy.copy(exc)  # its class, args and attributes (an AuthenticationError's status_code)
-        except Exception:
-            return RedisConnectionError(f"{type(exc).__name__} while talking to Redis")
-        # Cause and context kept: the translation reads them (an SSL certificate error behind a ConnectionError).
-        clone.__cause__, clone.__context__, clone.__traceback__ = exc.__cause__, exc.__context__, None
-        return clone
-    if isinstance(exc, OSError):
-        return RedisConnectionError(f"{type(exc).__name__}: {exc}")
-    return RedisConnectionError(f"{type(exc).__name__} while talking to Redis")
 
 
 _ATTRIBUTE = "_fmredis_multiplexer"
