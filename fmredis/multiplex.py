@@ -150,15 +150,15 @@ class Multiplexer:
         later: BaseException | None = None
         try:
             with self._mutex:
-                wire = self._wire
-                if self._busy or wire is None or self._dirty or time.monotonic() - self._used > _IDLE:
+                wire, now = self._wire, time.monotonic()
+                if self._busy or wire is None or self._dirty or now - self._used > _IDLE:
                     return _BUSY  # (an idle or dirty connection is checked on the general path)
                 self._busy, token = True, self._claim()
             try:
                 self._dirty = True
                 wire.send(payload)
                 reply = wire.read()
-                self._dirty, self._used = False, time.monotonic()
+                self._dirty, self._used = False, now
             except BaseException as exc:
                 failed = _Call(payload, 1)
                 failed.state, failed.sent = _TAKEN, True
@@ -166,9 +166,13 @@ class Multiplexer:
                 if not isinstance(exc, Exception):
                     raise
             else:
-                later = self._rounds(1, None)
+                with self._mutex:
+                    if not self._pending and not self._retire:
+                        self._busy, token = False, 0  # settled here: no one to nudge, nothing to return
+                if token:
+                    later = self._rounds(1, None)
         finally:
-            late = self._settled(token)
+            late = self._settled(token) if token else None
         if late is not None:
             raise late
         if failed is not None:  # the next leader reconnects; this call is re-sent once if it may be
