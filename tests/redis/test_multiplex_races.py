@@ -230,7 +230,7 @@ def test_an_interrupt_right_after_the_fast_path_takes_the_mutex_does_not_deadloc
     thread blocks forever in an acquire() without timeout (socket_timeout does not help)."""
     mux = Multiplexer(make_pool(server.port))
     mux.execute("PING")  # the connection is there: the next call takes the fast path
-    line = line_of(Multiplexer._alone, "wire = self._wire")
+    line = line_of(Multiplexer._alone, "wire, now = self._wire, time.monotonic()")
     with raising_at(Multiplexer._alone.__code__, line) as fired, pytest.raises(KeyboardInterrupt):
         mux.execute("GET", "review:k")
     assert fired
