@@ -409,40 +409,34 @@ class Multiplexer:
         self._finish(batch)
         return None
 
-    def _finish(self, calls: list[_Call]) -> None:
-        if len(calls) == 1 and calls[0].wake is None:  # the leader's own call alone: nobody to wake
+    def _finish(self, calls: list[_Call], failure: BaseException | None = None, *, sent: bool = True) -> None:
+        """Mark each of ``calls`` still taken done (or failed with its own copy of ``failure``) and wake its caller;
+        a call whose caller gave up is skipped (its reply is dropped here)."""
+        if failure is None and len(calls) == 1 and calls[0].wake is None:  # the leader's own call alone
             calls[0].state = _DONE
             return
         wakes = []
         with self._mutex:
             for call in calls:
                 if call.state == _TAKEN:
-                    call.state = _DONE
+                    if failure is None:
+                        call.state = _DONE
+                    else:
+                        call.error, call.state, call.sent = copy_error(failure), _FAILED, sent
                     if call.wake is not None and not call.pinged:
                         call.pinged = True
                         wakes.append(call.wake)
-                # else: its caller gave up waiting; the reply is dropped here
         for wake in wakes:  # outside the mutex: each is a system call, and callers queue meanwhile
             wake.release()
 
     def _fail(self, calls: list[_Call], connection: Any, exc: BaseException) -> None:
-        """Close the connection and return it to the pool; each of ``calls`` gets its own copy of the error (a
-        connection that could not be borrowed sent nothing)."""
+        """Close the connection and return it to the pool, then fail ``calls`` (a connection that could not be
+        borrowed sent nothing)."""
         if connection is not None:
             self._connection = self._wire = None
             self._dirty = False
             self._give_back(connection)
-        wakes = []
-        with self._mutex:
-            for call in calls:
-                if call.state == _TAKEN:
-                    call.error = copy_error(exc)
-                    call.state, call.sent = _FAILED, connection is not None
-                    if call.wake is not None and not call.pinged:
-                        call.pinged = True
-                        wakes.append(call.wake)
-        for wake in wakes:
-            wake.release()
+        self._finish(calls, exc, sent=connection is not None)
 
     def _give_back(self, connection: Any) -> None:
         """Close ``connection`` and return it to the pool; never raises (a failure here must not cost the lead)."""
