@@ -40,6 +40,7 @@ class WriteLoad:
         self.calls: list[tuple[float, float]] = []  # (started, ended) of every call, set and get
         self.errors: list[tuple[float, str, str]] = []  # (when, exception type, message) of every failed call
         self.mismatches: list[str] = []  # a get right after an acknowledged set did not return it
+        self.missed_acks: list[float] = []  # for each of those, when its set was acknowledged
         self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
 
     def __enter__(self) -> WriteLoad:
@@ -75,6 +76,7 @@ class WriteLoad:
                 self.acked[key] = (i, ended)
             elif found is None or found.get("i") != i:
                 self.mismatches.append(f"{key}: read back {found!r}")
+                self.missed_acks.append(self.acked[key][1])
         return True
 
     def _run(self, n: int) -> None:

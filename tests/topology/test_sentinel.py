@@ -128,9 +128,14 @@ def test_failover_under_load_through_resilient(
             describe_lost(late, load, fault) + f"; the switch completed {switched - fault:.3f} s from the fault, "
             "so these were acknowledged by the new master and then lost"
         )
-    if load.mismatches:
+    # A read right after a write the old master acknowledged in the failover window may miss it: once one caller's
+    # command meets the demoted master, the store's shared connection moves every caller to the new one, which never
+    # got that write (one of the window's lost writes, tolerated above). A miss of a write acknowledged after the
+    # switch is a real failure.
+    missed = [text for text, acked in zip(load.mismatches, load.missed_acks, strict=True) if acked > switched]
+    if missed:
         problems.append(
-            f"{len(load.mismatches)} reads right after an acknowledged write missed it: {load.mismatches[:3]}"
+            f"{len(missed)} reads right after a write acknowledged after the switch missed it: {missed[:3]}"
         )
     assert not problems, "\n".join(problems)
 
