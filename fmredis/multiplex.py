@@ -227,6 +227,7 @@ class Multiplexer:
                 left = _SLICE if timeout is None else min(_SLICE, max(0.0, queued + timeout - time.monotonic()))
                 news = call.wake.acquire(timeout=left)
                 nudge: Any = None
+                lead = False
                 with self._mutex:
                     if call.state not in (_QUEUED, _TAKEN):
                         return  # done or failed (the leader set it before waking this thread)
@@ -239,8 +240,8 @@ class Multiplexer:
                         nudged = False
                         continue  # its reply is on the way, or a leader will take it
                     else:
-                        nudge = _BUSY  # queued, and no one leads: lead
-                if nudge is not _BUSY:
+                        lead = True  # queued, and no one leads
+                if not lead:  # given up
                     if nudge is not None:
                         nudge.release()
                     return
