@@ -25,11 +25,12 @@ class Wire:
     pure-Python parser) goes through the connection's own ``send_packed_command``/``read_response``.
     """
 
-    __slots__ = ("_buffer", "_connection", "_reader", "_sentinel_master", "_sock", "read", "send")
+    __slots__ = ("_broken", "_buffer", "_connection", "_reader", "_sentinel_master", "_sock", "read", "send")
 
     def __init__(self, connection: Any, sentinel_master: bool) -> None:
         self._connection = connection
         self._sentinel_master = sentinel_master
+        self._broken: RedisConnectionError | None = None
         # Any: redis-py's connection attributes are untyped (and private: read once here, checked below).
         self._sock: Any = getattr(connection, "_sock", None)
         sock = self._sock
@@ -71,12 +72,34 @@ class Wire:
         except TimeoutError:
             raise RedisTimeoutError("Timeout writing to socket") from None
         except OSError as exc:
-            raise RedisConnectionError(f"Error {exc.errno} while writing to socket: {exc.strerror}") from None
+            error = RedisConnectionError(f"Error {exc.errno} while writing to socket: {exc.strerror}")
+            if not self._salvage():
+                raise error from None
+            # The server answered part of the write before it closed the connection, typically an error reply
+            # such as "Protocol error: invalid bulk length" for a value over proto-max-bulk-len, then reset the
+            # connection on the bytes it had not read. Those replies are read as usual; the calls after them fail
+            # with this error (the connection is gone) once the reader runs dry.
+            self._broken = error
+
+    def _salvage(self) -> bool:
+        """Feed the reader what the server sent before the write failed, without blocking; whether it held a
+        reply. (A poll before each read: with a socket timeout, CPython waits for data before ``recv``.)"""
+        try:
+            while _readable(self._sock):
+                count = self._sock.recv_into(self._buffer)
+                if count == 0:
+                    break
+                self._reader.feed(self._buffer, 0, count)  # type: ignore[arg-type]  # hiredis takes any buffer
+        except OSError:
+            pass  # the reset itself, once the bytes before it are read
+        return bool(self._reader.has_data())
 
     def _read_lean(self) -> Any:
         reader = self._reader
         reply = reader.gets()
         while reply is False:
+            if self._broken is not None:
+                raise self._broken
             try:
                 count = self._sock.recv_into(self._buffer)
             except TimeoutError:  # the socket's own timeout: socket_timeout per read
