@@ -50,6 +50,19 @@ class StoreBackend(abc.ABC):
     def _write(self, key: str, payload: bytes, seconds: int) -> None:
         """Store ``payload`` under ``key`` for ``seconds`` (>= 1)."""
 
+    def _write_many(self, writes: list[tuple[str, bytes, int]]) -> None:
+        """Store each ``(key, payload, seconds)``; a backend with pipelining sends them in one round trip."""
+        for key, payload, seconds in writes:
+            self._write(key, payload, seconds)
+
+    @abc.abstractmethod
+    def _note_logout(self, user_id: str, at: float, keep: int) -> None:
+        """Record that ``user_id`` was logged out at ``at`` (epoch seconds), kept ``keep`` seconds at least."""
+
+    @abc.abstractmethod
+    def _logouts(self, user_ids: list[str]) -> list[float | None]:
+        """The recorded logout time of each of ``user_ids`` (``None``: none recorded)."""
+
     @abc.abstractmethod
     def _remove(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""

@@ -20,6 +20,10 @@ class CircuitBreaker:
     """closed -> open after ``failure_threshold`` consecutive failures; open for ``cooldown`` seconds; then half-open,
     where exactly ONE caller is let through as a probe: its success closes the breaker, its failure re-opens it.
 
+    The default cool-down is short (0.25 s) so that a returned server is found within it; the breaker still spares
+    the server all but one attempt per cool-down. Logged at WARNING once when it opens after closed operation, at
+    INFO when it closes; the half-open probes and re-openings in between are DEBUG (four a second during an outage).
+
     Callers ask :meth:`allow` before an attempt and report it with :meth:`record_success`, :meth:`record_failure` or,
     when the attempt never reached the server (bad input), :meth:`release`. Every method is thread-safe. Each state
     change is logged once (an application event), never each call.
@@ -29,7 +33,7 @@ class CircuitBreaker:
         self,
         *,
         failure_threshold: int = 5,
-        cooldown: float = 5.0,
+        cooldown: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
         name: str = "redis",
     ) -> None:
@@ -68,7 +72,18 @@ class CircuitBreaker:
                 self._probe_in_flight, transition = True, False
                 self._probe_owner = threading.get_ident()
         if transition:
-            logger.info("Circuit breaker %s half-open: probing", self.name)
+            logger.debug("Circuit breaker %s half-open: probing", self.name)
+        return True
+
+    def trial(self) -> bool:
+        """Take the half-open probe now, cool-down or not, for a caller that knows better when to probe (the fallback's
+        recovery probe); ``False`` if the breaker is closed (no trial needed: just call) or another probe is in flight.
+        Reported like any allowed call: success closes the breaker, failure re-opens it."""
+        with self._lock:
+            if self._state == CLOSED or self._probe_in_flight:
+                return False
+            self._state, self._probe_in_flight = HALF_OPEN, True
+            self._probe_owner = threading.get_ident()
         return True
 
     def record_success(self) -> None:
@@ -83,12 +98,13 @@ class CircuitBreaker:
         with self._lock:
             self._failures += 1
             if self._state == HALF_OPEN or (self._state == CLOSED and self._failures >= self.failure_threshold):
+                reopened = self._state == HALF_OPEN
                 self._state, self._opened_at, self._probe_in_flight = OPEN, self._clock(), False
                 failures = self._failures
             else:
                 return
-        logger.warning(
-            "Circuit breaker %s open after %d consecutive failures: failing fast for %.1f s",
+        (logger.debug if reopened else logger.warning)(
+            "Circuit breaker %s open after %d consecutive failures: failing fast for %.2f s",
             self.name,
             failures,
             self.cooldown,

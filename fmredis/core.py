@@ -184,6 +184,41 @@ class SessionStoreBase(StoreBackend, ISessionStore):
         self._op()
         raise expired(key)
 
+    def set_many(self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True) -> int:
+        """See :meth:`ISessionStore.set_many`: every item is checked and encoded before anything is written."""
+        writes: list[tuple[str, bytes, int]] = []
+        past: list[str] = []
+        owners: list[tuple[str, dict[str, Any], int]] = []
+        for key, value, ttl in items:
+            check_key(key)
+            if stamp:
+                value = stamped(value)
+            payload = encode_session(value)
+            seconds = self._rules.for_write(ttl, value, stamped=stamp)
+            if seconds:
+                writes.append((key, payload, seconds))
+                if self._indexes_expire and (owner := owner_of(value)) is not None:
+                    owners.append((owner, value, seconds))
+            else:
+                past.append(key)
+        if writes:
+            self._write_many(writes)
+        for owner, value, seconds in owners:
+            self._keep_index_of(owner, value, seconds)
+        if past:
+            self._remove_many(past)
+        self._op()
+        return len(writes)
+
+    def logouts(self, user_ids: Iterable[str]) -> dict[str, float]:
+        """See :meth:`ISessionStore.logouts`."""
+        checked = sorted({check_user_id(user_id) for user_id in user_ids})
+        if not checked:
+            return {}
+        floor = self._rules.wall_clock() - 2 * self._rules.max_ttl
+        found = zip(checked, self._logouts(checked), strict=True)
+        return {user_id: at for user_id, at in found if at is not None and at >= floor}
+
     def delete(self, key: str) -> bool:
         removed = self._remove(check_key(key))
         self._op()
@@ -294,6 +329,8 @@ class SessionStoreBase(StoreBackend, ISessionStore):
             return txn.move(new_id, encode_session(session), seconds, user_id, created), (new_id, user_id, seconds)
 
         new_id, user_id, seconds = self._optimistic("regenerate", session_id, step)
+        if user_id is not None:  # the old id is logged out: a fallback must not write its outage copy back
+            self._note_logout(user_id, self._rules.wall_clock(), 2 * self._rules.max_ttl)
         if not seconds:
             raise expired(session_id)
         report_regenerated(self._counters, session_id, new_id, user_id, seconds)
@@ -358,6 +395,8 @@ class SessionStoreBase(StoreBackend, ISessionStore):
 
     def delete_user_sessions(self, user_id: str) -> int:
         user_id = check_user_id(user_id)
+        # First: a logout must never revive, even if the removal below fails half-way (see logouts()).
+        self._note_logout(user_id, self._rules.wall_clock(), 2 * self._rules.max_ttl)
         removed = self._remove_user(user_id)
         self._op()
         self._counters.add(DELETED_FOR_USER, removed)

@@ -62,6 +62,11 @@ class StoreUnavailable(StoreError, ConnectionError):
     """The backend could not be reached in time: connection refused or lost, socket timeout, pool exhausted."""
 
 
+class JournalError(FmRedisError):
+    """The fallback's outage journal cannot be used: in use by another process, opened before a fork, or its file
+    cannot be created. Raised when the store is built (or on first use after a fork), never for an outage write."""
+
+
 class SessionNotFound(FmRedisError, KeyError):
     """An operation that needs an existing session (``update``, ``regenerate``) found none under the key: it is
     missing, expired, or unreadable. Nothing was written."""

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from fmredis.checks import check_count, check_key, check_keys, check_seconds, check_user_id
-from fmredis.errors import SessionNotFound, StoreUnavailable
+from fmredis.errors import FmRedisError, SessionNotFound, StoreUnavailable
+from fmredis.journal import Change, OutageJournal
 from fmredis.lifecycle import new_session_document
 from fmredis.memory_store import InMemorySessionStore
 from fmredis.outage_log import DELETE, SET, OutageLog, logger
-from fmredis.serialization import encode_session
+from fmredis.serialization import CorruptSession, decode_session, encode_session
 from fmredis.store import ISessionStore, SessionUpdate
 from fmredis.ttl_rules import TTLRules
 
@@ -20,7 +25,6 @@ __all__ = ["FallbackSessionStore"]
 
 T = TypeVar("T")
 
-_PROBE_KEY = "fmredis:probe"
 _UNLOCKED_ROUNDS = 3
 
 
@@ -29,36 +33,35 @@ class FallbackSessionStore(ISessionStore):
 
     - Normal path: one call to the primary, nothing else (no extra round trip, no log record).
     - Outage: the first ``StoreUnavailable`` switches to memory (logged once per outage). Writes and deletes go to
-      memory and are remembered; reads see what was written during the outage. Sessions written before the outage are
+      memory and are recorded with the session's bytes (and, with ``journal_path``, committed to the journal before
+      they are acknowledged); reads see what was written during the outage. Sessions written before the outage are
       not in memory: ``get`` returns ``None``, ``extend_ttl`` and ``touch`` ``False``, ``update`` raises
       ``StoreUnavailable`` (not ``SessionNotFound``: the session may well exist), ``delete`` reports only memory's
-      copy. A refresh, touch or update of a session held in memory is written back with it (an ``update`` of a held
-      session that reaches its lifetime cap raises ``SessionNotFound`` as usual).
+      copy. A refresh, touch or update of a session held in memory is written back with it.
     - Redis only: ``create``, ``regenerate``, ``sessions_for_user`` and ``delete_user_sessions`` need the primary's
-      per-user index, which memory cannot stand in for ("log out everywhere" must never miss a session in Redis).
-      During an outage they raise :class:`~fmredis.errors.StoreUnavailable` at once (or, on the call that finds the
-      primary down, its own ``StoreUnavailable``, after switching to memory for the other calls); they work again
-      once a probe finds the primary back. Bad input raises the same error whether or not the primary is up.
-    - Recovery: at most every ``probe_interval`` seconds a caller probes the primary (no background thread). When it
-      answers, every session written during the outage is written back with its remaining TTL and every delete is
-      re-applied, then memory is cleared and calls go to the primary again (logged once, with counts).
-      Conflict rule: if Redis holds a session whose ``last_activity`` is newer than memory's copy, Redis's is kept;
-      otherwise memory's wins, except that a session with a ``user_id`` (non-empty ``str``) that Redis no longer holds
-      is NOT written back, since it may have been logged out elsewhere meanwhile (``delete_user_sessions``,
-      ``regenerate``) and writing it back would revive it outside the user's index. ``create`` and ``regenerate`` are
-      Redis-only, so such a session existed in Redis before the outage (one Redis itself lost, a server restarted
-      empty say, is not written back either); each is counted in ``gone_in_redis``. A session without a ``user_id``
-      that Redis does not hold is written back. A delete during the outage stays deleted.
-    - Memory: ``memory``, an :class:`~fmredis.InMemorySessionStore` with the primary's TTL rules (default: one of
-      ``max_entries`` sessions, built from ``primary.ttl_rules``). It is bounded, least-recently-used evicted. An
-      evicted session that was not yet written back is lost: each such loss is counted in ``lost_unsynced`` and logged
-      as a warning, never silently. A memory store passed in gets the fallback's eviction hook (an ``on_evict`` it
-      already has is still called after it) and must not be shared with another fallback.
+      per-user index and raise ``StoreUnavailable`` during an outage (bad input raises the same error either way).
+    - Recovery: while degraded, a caller probes the primary at most every ``probe_interval`` seconds (default 0.5;
+      no background thread, and the first caller after a quiet spell probes at once). The probe is the resilient
+      store's breaker trial, never swallowed by its cool-down. When it answers, the outage's changes are written back
+      in batches (one ``MGET`` and one pipelined batch of ``SET`` per :data:`~fmredis.outage_log.BATCH` sessions),
+      then memory is cleared and calls go to the primary again (logged once, with counts in ``last_recovery``). If
+      the primary fails half-way, what is left stays pending for the next probe.
+      Conflict rules: a session Redis holds with a newer ``last_activity`` is kept; otherwise the outage's copy wins,
+      including a session Redis no longer holds, with or without a ``user_id`` (Redis restarted empty, or expired
+      it; ``create``, ``regenerate`` and ``delete_user_sessions`` cannot run during an outage, so nothing else can
+      have removed it, except another worker that still reached Redis in a partial outage). A delete stays deleted.
+    - Bounds, never by dropping an acknowledged write: memory holds at most its ``max_entries`` sessions and never
+      evicts one not yet written back; without a journal at most ``max_entries`` changes are pending; with one, at
+      most ``journal_max_bytes``. A write past a bound raises ``StoreUnavailable``, and nothing is written.
+    - Journal (``journal_path``, see :class:`~fmredis.journal.OutageJournal`): one SQLite file per worker process,
+      durable across ``kill -9`` (``journal_fsync=True``: across power loss). A fallback opened on a journal that
+      holds an earlier process's changes starts degraded, serves them from memory, and writes them back at the first
+      call that finds Redis up.
 
-    :meth:`stats` is the primary's counters plus ``degraded`` (0 or 1), ``pending`` and ``lost_unsynced``.
-
-    Thread-safe, including the write-back while other threads keep calling (during an outage ``update``'s ``fn`` runs
-    under the wrapper's lock: keep it quick). :meth:`close` closes the primary.
+    :meth:`stats` is the primary's counters plus ``degraded`` (0 or 1), ``pending`` and ``lost_unsynced`` (0 by
+    construction since 0.4; kept for compatibility). Thread-safe, including the write-back while other threads keep
+    calling (during an outage ``update``'s ``fn`` runs under the wrapper's lock: keep it quick). :meth:`close` closes
+    the primary and the journal.
     """
 
     def __init__(
@@ -67,12 +70,20 @@ class FallbackSessionStore(ISessionStore):
         *,
         memory: InMemorySessionStore | None = None,
         max_entries: int | None = None,
-        probe_interval: float = 5.0,
+        probe_interval: float = 0.5,
+        journal_path: str | os.PathLike[str] | None = None,
+        journal_max_bytes: int = 64 * 2**20,
+        journal_fsync: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(primary, ISessionStore):
             raise TypeError(f"primary must be an ISessionStore, not {type(primary).__name__}")
         self._probe_interval = check_seconds("probe_interval", probe_interval)
+        max_bytes: int = check_count("journal_max_bytes", journal_max_bytes)  # type: ignore[assignment]
+        if not isinstance(journal_fsync, bool):
+            raise TypeError(f"journal_fsync must be a bool, not {type(journal_fsync).__name__}")
+        if journal_path is not None and not isinstance(journal_path, (str, os.PathLike)):
+            raise TypeError(f"journal_path must be a path or None, not {type(journal_path).__name__}")
         if memory is None:
             rules = primary.ttl_rules
             memory = InMemorySessionStore(
@@ -94,17 +105,47 @@ class FallbackSessionStore(ISessionStore):
             )
         self._primary = primary
         self._memory = memory
-        memory.on_evict = self._evicted if memory.on_evict is None else _both(self._evicted, memory.on_evict)
         self._clock = clock
-        # Re-entrant: memory's eviction callback runs inside writes made under this lock.
+        # Re-entrant: the write-back takes it briefly, also when run holding it (the last round).
         self._lock = threading.RLock()
-        self._log = OutageLog(self._lock)
+        self._journal = (
+            None if journal_path is None else OutageJournal(journal_path, max_bytes=max_bytes, fsync=journal_fsync)
+        )
+        limit = memory.max_entries if self._journal is None else sys.maxsize
+        self._log = OutageLog(self._lock, self._journal, limit, primary.ttl_rules.wall_clock)
+        memory.pinned = self._log.pinned
         self._degraded = False
         self._degraded_since = 0.0
         self._next_probe = 0.0
         self._reconciling = False
         self._epoch = 0  # recoveries so far: a failure seen by a call started before the last one is stale
         self.last_recovery: dict[str, Any] | None = None
+        if self._journal is not None:
+            self._resume(self._journal.loaded())
+
+    def _resume(self, changes: list[Change]) -> None:
+        """Take up an earlier process's journaled changes: pending again, their sessions served from memory, degraded
+        until a probe (due at once) writes them back."""
+        if not changes:
+            return
+        wall, served = self._primary.ttl_rules.wall_clock(), 0
+        for key, op, payload, expires, at, seq in changes:
+            self._log.restore(key, op, payload, expires, at, seq)
+            if op != SET or payload is None or expires is None or expires <= wall:
+                continue
+            with contextlib.suppress(
+                FmRedisError, CorruptSession
+            ):  # full, past its lifetime: written back all the same
+                self._memory.set(key, decode_session(payload), math.ceil(expires - wall), stamp=False)
+                served += 1
+        self._degraded, self._degraded_since, self._next_probe = True, self._clock(), 0.0
+        logger.warning(
+            "Outage journal %s holds %d changes of an earlier process: serving %d sessions from memory until they are "
+            "written back to Redis",
+            self._journal.path if self._journal is not None else "",
+            len(changes),
+            served,
+        )
 
     @property
     def ttl_rules(self) -> TTLRules:
@@ -128,12 +169,13 @@ class FallbackSessionStore(ISessionStore):
 
     @property
     def lost_unsynced(self) -> int:
-        """Outage writes the memory bound evicted before they reached the primary (each also logged)."""
-        return self._log.lost_unsynced
+        """Always 0 since 0.4: no bound drops an outage write (a write past one is refused). Kept for compatibility."""
+        return 0
 
-    def _evicted(self, key: str) -> None:
-        with self._lock:  # held already (memory writes are made holding it): re-entered
-            self._log.evicted(key)
+    @property
+    def journal(self) -> OutageJournal | None:
+        """The outage journal, if ``journal_path`` was given."""
+        return self._journal
 
     def _degrade(self, exc: StoreUnavailable, epoch: int) -> None:
         with self._lock:
@@ -163,9 +205,10 @@ class FallbackSessionStore(ISessionStore):
                 self._reconciling = False
 
     def _recover(self) -> bool:
-        log = self._log
+        log, demote = self._log, self._memory.demote
+        started = self._clock()
         try:
-            self._primary.exists(_PROBE_KEY)
+            self._primary.probe()
             # Write back without blocking writers for a few rounds; writes made meanwhile are dirty again for the next
             # round. Then finish holding the lock, so a steady stream of writes cannot keep recovery from ending.
             for _round in range(_UNLOCKED_ROUNDS):
@@ -173,10 +216,10 @@ class FallbackSessionStore(ISessionStore):
                     taken = log.take()
                 if not taken:
                     break
-                log.write_back(self._primary, self._memory)
+                log.write_back(self._primary, demote)
             with self._lock:
                 log.take()
-                log.write_back(self._primary, self._memory)
+                log.write_back(self._primary, demote)
                 self._memory.delete_many([key for key, _payload, _ttl in self._memory.items_snapshot()])
                 self._degraded = False
                 self._epoch += 1
@@ -184,7 +227,11 @@ class FallbackSessionStore(ISessionStore):
             return False
         outage = self._clock() - self._degraded_since
         counts = log.counts
-        self.last_recovery = {"outage_seconds": round(outage, 3), **counts}
+        self.last_recovery = {
+            "outage_seconds": round(outage, 3),
+            "write_back_seconds": round(self._clock() - started, 3),
+            **counts,
+        }
         logger.info(
             "Redis answers again after %.1f s: wrote back %d sessions, re-applied %d deletes, kept %d newer in Redis, "
             "left out %d user sessions gone from Redis",
@@ -210,10 +257,28 @@ class FallbackSessionStore(ISessionStore):
                     self._degrade(exc, epoch)
             with self._lock:
                 if self._degraded:
+                    if marks is None:
+                        return call(self._memory)
+                    changes = marks()
+                    before = [(key, self._memory.peek_entry(key)) for key, _op in changes]
                     result = call(self._memory)
-                    for key, op in marks() if marks is not None else ():
-                        self._log.mark(key, op)
+                    self._record(changes, before)
                     return result
+
+    def _record(self, changes: list[tuple[str, str]], before: list[tuple[str, tuple[bytes, int] | None]]) -> None:
+        """Record the changes a memory call made (journaled, when there is a journal); if the bound or the journal
+        refuses them, put memory back as it was and raise: the write is not acknowledged, and nothing is kept."""
+        memory = self._memory
+        try:
+            recorded: list[tuple[str, str, bytes | None, int]] = []
+            for key, op in changes:
+                entry = memory.peek_entry(key) if op == SET else None
+                recorded.append((key, SET, *entry) if entry is not None else (key, DELETE, None, 0))
+            self._log.mark(recorded)
+        except BaseException:
+            for key, entry in before:
+                memory.put_entry(key, entry)
+            raise
 
     def _redis_only(self, what: str, call: Callable[[ISessionStore], T]) -> T:
         """On the primary, never on memory: raises ``StoreUnavailable`` during an outage (the primary's own, which also
@@ -228,7 +293,8 @@ class FallbackSessionStore(ISessionStore):
             raise
 
     def _if_held(self, key: str) -> Callable[[], list[tuple[str, str]]]:
-        """Marks for a call that changes a session in place: written back if memory holds it."""
+        """Marks for a call that changes a session in place: written back if memory holds it (checked before the
+        call, under the lock: the same answer as after it)."""
         return lambda: [(key, SET)] if self._memory.exists(key) else []
 
     def get(self, key: str, *, refresh: bool = False) -> dict[str, Any] | None:
@@ -238,6 +304,12 @@ class FallbackSessionStore(ISessionStore):
 
     def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
         self._call(lambda store: store.set(key, value, ttl, stamp=stamp), lambda: [(key, SET)])
+
+    def set_many(self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True) -> int:
+        listed = list(items)  # checked by the store that takes them (memory or the primary), before any is written
+        return self._call(
+            lambda store: store.set_many(listed, stamp=stamp), lambda: [(key, SET) for key, _value, _ttl in listed]
+        )
 
     def delete(self, key: str) -> bool:
         return self._call(lambda store: store.delete(key), lambda: [(key, DELETE)])
@@ -305,8 +377,20 @@ class FallbackSessionStore(ISessionStore):
             "lost_unsynced": self.lost_unsynced,
         }
 
+    def probe(self) -> None:
+        self._primary.probe()
+
+    def logouts(self, user_ids: Iterable[str]) -> dict[str, float]:
+        """The primary's (Redis only, like the per-user index)."""
+        listed = list(user_ids)
+        return self._redis_only("logouts", lambda store: store.logouts(listed))
+
     def close(self) -> None:
-        self._primary.close()
+        try:
+            self._primary.close()
+        finally:
+            if self._journal is not None:
+                self._journal.close()
 
 
 def _both(first: Callable[[str], None], then: Callable[[str], None]) -> Callable[[str], None]:

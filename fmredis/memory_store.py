@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from fmredis.backend import Transaction
 from fmredis.checks import check_count
 from fmredis.core import SessionStoreBase
+from fmredis.errors import StoreUnavailable
 from fmredis.ttl_policy import SessionTTLManager
 
 __all__ = ["InMemorySessionStore"]
@@ -93,6 +94,12 @@ class InMemorySessionStore(SessionStoreBase):
         self._clock = clock
         #: Called with the key of each session the bound evicts, after the write that evicted it (settable).
         self.on_evict = on_evict
+        #: Keys the bound must not evict (settable; called under the store's lock, so it must be quick and take no
+        #: lock of this store): eviction takes the least recently used key it does not pin, and a new key that would
+        #: need one evicted when every held key is pinned is refused with ``StoreUnavailable``, nothing written.
+        self.pinned: Callable[[str], bool] | None = None
+        self._logout_marks: dict[str, float] = {}
+        self._marks_kept = 1000
         self._lock = threading.Lock()
         # Recency order: least recently used first.
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -156,6 +163,18 @@ class InMemorySessionStore(SessionStoreBase):
         with self._lock:
             evicted = self._store(key, payload, now, seconds)
         self._report_eviction(evicted)
+
+    def _note_logout(self, user_id: str, at: float, keep: int) -> None:
+        with self._lock:
+            marks = self._logout_marks
+            marks[user_id] = max(at, marks.get(user_id, at))
+            if len(marks) > 2 * self._marks_kept:  # pruned in bulk: amortized O(1) per logout
+                self._logout_marks = {user: when for user, when in marks.items() if when >= at - keep}
+                self._marks_kept = max(len(self._logout_marks), 1000)
+
+    def _logouts(self, user_ids: list[str]) -> list[float | None]:
+        with self._lock:
+            return [self._logout_marks.get(user_id) for user_id in user_ids]
 
     def _remove(self, key: str) -> bool:
         now = self._clock()
@@ -272,12 +291,49 @@ class InMemorySessionStore(SessionStoreBase):
         if key not in entries and len(entries) >= self._max_entries:
             self._purge_expired(now)
             if len(entries) >= self._max_entries:
-                evicted, _ = entries.popitem(last=False)
+                evicted = self._victim()
                 self._evictions += 1
         entries[key] = _Entry(payload, now + seconds, seconds)
         entries.move_to_end(key)
         self._schedule(key, now + seconds)
         return evicted
+
+    def _victim(self) -> str:
+        """Remove and return the least recently used key that is not pinned."""
+        entries, pinned = self._entries, self.pinned
+        if pinned is None:
+            return entries.popitem(last=False)[0]
+        for key in entries:  # the fallback moves what it no longer pins to the front: usually the first one
+            if not pinned(key):
+                del entries[key]
+                return key
+        raise StoreUnavailable(
+            f"memory is full: all {len(entries)} sessions held (max_entries) are pinned outage writes not yet written "
+            "back to Redis; refused rather than evicting one"
+        )
+
+    def demote(self, key: str) -> None:
+        """Make ``key`` the first one eviction would take (the fallback, for a session written back)."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key, last=False)
+
+    def put_entry(self, key: str, entry: tuple[bytes, int] | None) -> None:
+        """Put back what :meth:`peek_entry` returned (``None``: remove the key), for the fallback's rollback of a
+        write its journal refused. No eviction callback: it restores a state the store held."""
+        now = self._clock()
+        with self._lock:
+            if entry is None:
+                self._entries.pop(key, None)
+            else:
+                self._store(key, entry[0], now, entry[1])
+
+    def peek_entry(self, key: str) -> tuple[bytes, int] | None:
+        """``(payload, remaining_ttl_seconds)`` of a live session, or ``None``; recency is unchanged."""
+        now = self._clock()
+        with self._lock:
+            entry = self._live(key, now)
+            return None if entry is None else (entry.payload, _remaining(entry, now))
 
     def _set_deadline(self, key: str, entry: _Entry, now: float, seconds: int) -> None:
         entry.deadline, entry.ttl = now + seconds, seconds

@@ -31,6 +31,8 @@ _UNLINK = redis_call("UNLINK")
 _EXPIRE = redis_call("EXPIRE")
 _MGET = redis_call("MGET")
 _EXPIREAT = redis_call("EXPIREAT")
+_LOGOUT = redis_call("ZADD")
+_LOGOUTS = redis_call("ZMSCORE", read=True)
 
 
 class RedisSessionStore(SessionStoreBase):
@@ -131,6 +133,7 @@ class RedisSessionStore(SessionStoreBase):
         # pipelined across threads) where it can borrow one; else straight to redis-py's execute_command.
         self._mux = _multiplexer(client) if pipelining and not self._cluster else None
         self._execute: Callable[..., Any] = client.execute_command if self._mux is None else self._mux.execute
+        self._logouts_key = "user-sessions:" + prefix
         self._index = RedisUserIndex(
             client,
             index_prefix="user-sessions:" + prefix,
@@ -208,6 +211,47 @@ class RedisSessionStore(SessionStoreBase):
     def _write(self, key: str, payload: bytes, seconds: int) -> None:
         with _SET:
             self._execute("SET", self._prefix + key, payload, "EX", seconds)
+
+    def _write_many(self, writes: list[tuple[str, bytes, int]]) -> None:
+        """``SET EX`` per session, ``batch_size`` a round trip (pipelined, not a transaction)."""
+        prefix = self._prefix
+        with _SET:
+            for start in range(0, len(writes), self._batch_size):
+                commands = [
+                    ("SET", prefix + key, payload, "EX", seconds)
+                    for key, payload, seconds in writes[start : start + self._batch_size]
+                ]
+                if self._mux is not None:
+                    self._mux.execute_many(commands)
+                    continue
+                with self._client.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    pipe.execute()
+
+    def _note_logout(self, user_id: str, at: float, keep: int) -> None:
+        """One sorted set of user id -> logout time, ``"user-sessions:" + prefix``: the index prefix itself, which is
+        no user's index (a user id is never empty), so an ACL allowing the index keys allows it; trimmed to the last
+        ``keep`` seconds on every write."""
+        key = self._logouts_key
+        commands = [
+            ("ZADD", key, "GT", at, user_id),
+            ("ZREMRANGEBYSCORE", key, "-inf", at - keep),
+            ("EXPIRE", key, keep),
+        ]
+        with _LOGOUT:
+            if self._mux is not None:
+                self._mux.execute_many(commands)
+                return
+            with self._client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                pipe.execute()
+
+    def _logouts(self, user_ids: list[str]) -> list[float | None]:
+        with _LOGOUTS:
+            scores = self._execute("ZMSCORE", self._logouts_key, *user_ids)
+        return [None if score is None else float(score) for score in scores]
 
     def _remove(self, key: str) -> bool:
         with _UNLINK:

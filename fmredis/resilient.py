@@ -138,13 +138,16 @@ class ResilientRedisSessionStore(ISessionStore):
         if replacement is not old:
             old.close()  # idle connections only: calls still running on the old store finish there
 
-    def _call(self, operation: Callable[[ISessionStore], T], *, attempts: int | None = None) -> T:
-        """Run ``operation`` on the current store, up to ``attempts`` times (default: the store's ``attempts``)."""
+    def _call(self, operation: Callable[[ISessionStore], T], *, attempts: int | None = None, trial: bool = False) -> T:
+        """Run ``operation`` on the current store, up to ``attempts`` times (default: the store's ``attempts``);
+        ``trial``: as the breaker's half-open trial, whatever its cool-down says."""
         limit = self._attempts if attempts is None else attempts
         started = self._clock()
         attempt = 0
         while True:
-            if not self.breaker.allow():
+            if trial:
+                self.breaker.trial()  # False when closed (nothing to take) or a probe is in flight: go through anyway
+            elif not self.breaker.allow():
                 failure = StoreUnavailable(f"circuit breaker {self.breaker.name} is open: failing fast")
                 raise failure from self._last_failure
             store, generation = self._current
@@ -230,6 +233,19 @@ class ResilientRedisSessionStore(ISessionStore):
 
     def delete_user_sessions(self, user_id: str) -> int:
         return self._call(lambda store: store.delete_user_sessions(user_id))
+
+    def set_many(self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True) -> int:
+        listed = list(items)  # an iterator must survive a retry; re-sending SETs is idempotent
+        return self._call(lambda store: store.set_many(listed, stamp=stamp))
+
+    def logouts(self, user_ids: Iterable[str]) -> dict[str, float]:
+        listed = list(user_ids)
+        return self._call(lambda store: store.logouts(listed))
+
+    def probe(self) -> None:
+        """One attempt of the inner store's probe, as the breaker's trial even while it cools down: the fallback's
+        recovery probe is never swallowed by an open breaker."""
+        self._call(lambda store: store.probe(), attempts=1, trial=True)
 
     def stats(self) -> dict[str, int]:
         """The counters of every inner store this wrapper has used, summed, plus ``rebuilds``; no round trip, so it

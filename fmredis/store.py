@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from fmredis.errors import SessionExpired
 from fmredis.ttl_rules import TTLRules
 
 __all__ = ["ISessionStore", "SessionUpdate"]
@@ -15,6 +16,9 @@ __all__ = ["ISessionStore", "SessionUpdate"]
 SessionUpdate = Callable[[dict[str, Any]], dict[str, Any]]
 
 _Store = TypeVar("_Store", bound="ISessionStore")
+
+#: The key :meth:`ISessionStore.probe` asks about (never written).
+PROBE_KEY = "fmredis:probe"
 
 
 class ISessionStore(abc.ABC):
@@ -56,6 +60,22 @@ class ISessionStore(abc.ABC):
         ``last_activity`` as given (migrations, write-backs). Never mutates ``value``. With ``max_lifetime`` on, a
         ``value`` past its lifetime removes the stored session and raises :class:`~fmredis.errors.SessionExpired`.
         """
+
+    def set_many(self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True) -> int:
+        """Store several sessions, each ``(key, value, ttl)`` as :meth:`set` would, and return how many were stored (a
+        session past its lifetime cap is removed instead and not counted, without raising).
+
+        The stores check and encode every item before writing any, and the Redis store sends them in one round trip
+        (not a transaction: a failure part-way may leave some written). This default calls :meth:`set` per item.
+        """
+        stored = 0
+        for key, value, ttl in list(items):
+            try:
+                self.set(key, value, ttl, stamp=stamp)
+            except SessionExpired:
+                continue
+            stored += 1
+        return stored
 
     @abc.abstractmethod
     def delete(self, key: str) -> bool:
@@ -127,6 +147,18 @@ class ISessionStore(abc.ABC):
     @abc.abstractmethod
     def delete_user_sessions(self, user_id: str) -> int:
         """Remove every session of the user ("log out everywhere"); returns how many were live."""
+
+    def logouts(self, user_ids: Iterable[str]) -> dict[str, float]:
+        """When each of ``user_ids`` was last logged out (``delete_user_sessions``, or ``regenerate`` of one of their
+        sessions), as epoch seconds, for those logged out within the last two ``max_ttl``: the fallback asks before it
+        writes back a user's session that Redis no longer holds. This default (a store that keeps no such record)
+        returns ``{}``."""
+        return {}
+
+    def probe(self) -> None:
+        """One round trip that raises ``StoreUnavailable`` unless the backend answers: how the fallback learns that
+        Redis is back. Wrappers pass it on (the resilient store as its breaker's trial, past the cool-down)."""
+        self.exists(PROBE_KEY)
 
     @abc.abstractmethod
     def stats(self) -> dict[str, int]:

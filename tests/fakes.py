@@ -109,6 +109,9 @@ class FakePrimary(ISessionStore):
     def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         return self._up("get_many").get_many(keys)
 
+    def logouts(self, user_ids: Iterable[str]) -> dict[str, float]:
+        return self._up("logouts").logouts(user_ids)
+
     def delete_many(self, keys: Iterable[str]) -> int:
         return self._up("delete_many").delete_many(keys)
 

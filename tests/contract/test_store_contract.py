@@ -246,6 +246,34 @@ def test_delete_many_counts_what_existed(store: ISessionStore) -> None:
     assert store.delete_many(keys) == 0
 
 
+def test_set_many_stores_each_session_with_its_own_ttl(store: ISessionStore) -> None:
+    since = utc_now()
+    assert (
+        store.set_many([("a", {"i": 1}, None), ("b", {"i": 2}, 60), ("c", {"i": 3, "last_activity": OLD_STAMP}, 90)])
+        == 3
+    )
+    assert [store.get(key)["i"] for key in ("a", "b", "c")] == [1, 2, 3]  # type: ignore[index]
+    for key in ("a", "b", "c"):
+        assert_stamped_now(store.get(key), since)  # type: ignore[arg-type]
+    assert DEFAULT_TTL - 5 <= store.ttl("a") <= DEFAULT_TTL  # type: ignore[operator]
+    assert 55 <= store.ttl("b") <= 60  # type: ignore[operator]
+    assert store.set_many(iter([])) == 0
+
+
+def test_set_many_without_stamp_keeps_last_activity(store: ISessionStore) -> None:
+    assert store.set_many(iter([("a", {"last_activity": OLD_STAMP}, None)]), stamp=False) == 1
+    assert store.get("a") == {"last_activity": OLD_STAMP}
+
+
+@pytest.mark.parametrize(
+    "bad", [("", {"v": 1}, None), ("k", ["not", "a", "dict"], None), ("k", {"v": 1}, 0), ("k", {"v": {1, 2}}, None)]
+)
+def test_set_many_with_one_bad_item_writes_none(store: ISessionStore, bad: tuple[Any, Any, Any]) -> None:
+    with pytest.raises((FmRedisError, ValueError, TypeError)):
+        store.set_many([("first", {"v": 1}, None), bad, ("last", {"v": 2}, None)])
+    assert store.get_many(["first", "last", "k"]) == {}
+
+
 # --- bad input: a clear error, and nothing written ------------------------------------------------------------------
 
 

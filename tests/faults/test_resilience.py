@@ -171,6 +171,7 @@ def test_the_newer_session_in_redis_wins_a_conflict(server: RedisServer) -> None
     assert store.get("newer")["v"] == "memory"  # type: ignore[index]
     assert store.last_recovery == {
         "outage_seconds": store.last_recovery["outage_seconds"],  # type: ignore[index]
+        "write_back_seconds": store.last_recovery["write_back_seconds"],  # type: ignore[index]
         "written_back": 1,
         "deleted": 0,
         "kept_newer_in_redis": 1,
@@ -182,18 +183,25 @@ def test_the_newer_session_in_redis_wins_a_conflict(server: RedisServer) -> None
     store.close()
 
 
-def test_evicting_unsynced_outage_writes_is_counted_and_logged(
+def test_a_full_memory_refuses_new_outage_writes_and_loses_none(
     server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = FallbackSessionStore(resilient(server.url, attempts=1), probe_interval=60, max_entries=3)
+    store = FallbackSessionStore(resilient(server.url, attempts=1), probe_interval=0.1, max_entries=3)
     server.kill()
+    refused = []
     with caplog.at_level(logging.WARNING, logger="fmredis"):
         for i in range(5):
-            store.set(f"s{i}", {"i": i})
-    assert store.lost_unsynced == 2
-    lost = [r for r in caplog.records if "evicted before it reached Redis" in r.getMessage()]
-    assert len(lost) == 2
+            try:
+                store.set(f"s{i}", {"i": i})
+            except StoreUnavailable:
+                refused.append(i)
+    assert refused == [3, 4] and store.pending == 3 and store.lost_unsynced == 0
     assert len([r for r in caplog.records if "serving sessions from memory" in r.getMessage()]) == 1
+    server.restart()
+    wait_until(lambda: recovered(store))
+    raw = raw_client(server)
+    assert [raw.exists(f"session:s{i}") for i in range(5)] == [1, 1, 1, 0, 0]  # every acknowledged write, and only those
+    raw.close()
     store.close()
 
 

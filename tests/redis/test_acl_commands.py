@@ -51,4 +51,6 @@ def test_every_store_call_works_with_only_the_documented_commands(narrow_store: 
     second = store.regenerate(store.create("u", {"n": 2}))  # the second create trims the first (cap of one)
     assert store.sessions_for_user("u") == [second] and not store.exists(first)
     assert store.delete_user_sessions("u") == 1
+    assert store.logouts(["u", "nobody"]).keys() == {"u"}  # what the fallback asks before a write-back
+    assert store.set_many([("m", {"n": 1}, None)]) == 1
     assert store.delete_many(["k"]) == 1 and not store.delete("k")

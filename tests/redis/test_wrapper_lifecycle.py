@@ -142,17 +142,20 @@ def _assert_only_ref(records: list[logging.LogRecord], key: str, text: str) -> N
         assert key not in repr(vars(record))
 
 
-def test_an_eviction_logs_the_session_ref_not_the_key(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_write_refused_by_the_memory_bound_names_no_key(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     primary = FakePrimary()
     store = FallbackSessionStore(primary, probe_interval=1.0, clock=clock, max_entries=2)
     cut_off(primary, store)
-    lost, kept = token(), [token(), token()]
+    held, refused = [token(), token()], token()
     with caplog.at_level(logging.DEBUG, logger="fmredis"):
-        store.set(lost, {"v": 0})
-        for key in kept:
-            store.set(key, {"v": 1})  # the second evicts `lost`, which never reached Redis
-    assert store.lost_unsynced == 1
-    _assert_only_ref(caplog.records, lost, "evicted before it reached Redis")
+        for key in held:
+            store.set(key, {"v": 1})
+        with pytest.raises(StoreUnavailable) as caught:
+            store.set(refused, {"v": 0})  # memory is full of writes not yet in Redis: refused, none evicted
+    assert store.lost_unsynced == 0 and all(store.get(key) is not None for key in held)
+    for key in (*held, refused):
+        assert key not in str(caught.value) and key not in repr(caught.value.__cause__)
+        assert not [r for r in caplog.records if key in r.getMessage() or key in repr(vars(r))]
 
 
 def test_a_failed_write_back_logs_the_session_ref_not_the_key(

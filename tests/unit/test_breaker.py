@@ -120,3 +120,36 @@ def test_only_one_of_many_threads_gets_the_half_open_probe(clock: FakeClock) -> 
     for thread in threads:
         thread.join()
     assert sorted(allowed) == [False] * 31 + [True]
+
+
+def test_a_trial_takes_the_probe_during_the_cooldown_and_is_reported_like_any_call(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=10, clock=clock)
+    assert not breaker.trial()  # closed: nothing to take, the call just goes through
+    breaker.record_failure()
+    assert not breaker.allow()  # cooling down
+    assert breaker.trial() and breaker.state == "half-open"
+    assert not breaker.trial() and not breaker.allow()  # one probe at a time
+    breaker.record_failure()
+    assert breaker.state == "open"  # a failed trial re-opens for a full cool-down
+    assert breaker.trial()
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.allow()
+
+
+def test_an_outage_logs_one_warning_however_many_probes_fail(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, clock=clock)
+    assert breaker.cooldown == 0.25  # short by default: a returned server is found within a quarter second
+    with caplog.at_level(logging.INFO, logger="fmredis"):
+        breaker.record_failure()
+        for _ in range(20):
+            clock.now += 0.25
+            assert breaker.allow()
+            breaker.record_failure()
+        breaker.trial()
+        breaker.record_success()
+    assert [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records] == [
+        ("WARNING", "Circuit breaker redis open after 1 consecutive failures"),
+        ("INFO", "Circuit breaker redis closed"),
+    ]

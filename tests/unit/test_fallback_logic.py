@@ -6,14 +6,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
-from fmredis import FallbackSessionStore, InMemorySessionStore, SessionTTLManager
+from fmredis import (
+    FallbackSessionStore,
+    InMemorySessionStore,
+    ISessionStore,
+    ResilientRedisSessionStore,
+    SessionTTLManager,
+    StoreUnavailable,
+    outage_log,
+)
 from fmredis.breaker import CircuitBreaker
 from fmredis.lifecycle import session_ref
-from fmredis.outage_log import OutageLog
 from tests.fakes import OOM, FakeClock, FakePrimary
 
 
@@ -99,114 +108,100 @@ def test_a_server_error_on_one_key_does_not_stop_the_write_back(
     assert f"{session_ref('bad')} could not be written back to Redis ({OOM})" in warning
 
 
-def test_counts_survive_an_interrupted_write_back(clock: FakeClock) -> None:
+def test_a_write_back_cut_off_half_way_resumes_where_it_stopped(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outage_log, "BATCH", 3)
     primary = FakePrimary()
     store = outage(primary, clock)
     for i in range(9):
         store.set(f"s{i}", {"i": i})
     primary.down_after_sets = 4
-    recover(store, primary, clock)  # dies after writing back 4 of 10
-    assert store.degraded and store.pending == 6
+    recover(store, primary, clock)  # the first batch of 3 is applied; the second dies after one more set
+    assert store.degraded and store.pending == 7  # the cut batch is pending again, whole
     primary.down_after_sets = None
     recover(store, primary, clock)
     assert not store.degraded and store.pending == 0
     assert store.last_recovery is not None and store.last_recovery["written_back"] == 10
-    assert all(primary.exists(f"s{i}") for i in range(9))
+    assert all(primary.get(f"s{i}") == {"i": i, "last_activity": ANY} for i in range(9))
 
 
-def test_an_eviction_during_the_write_back_is_counted(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+def test_memory_full_of_outage_writes_refuses_a_new_one_and_keeps_every_acknowledged_one(clock: FakeClock) -> None:
     primary = FakePrimary()
     store = outage(primary, clock, max_entries=3)  # memory holds "first"
     store.set("a", {"k": "a"})
-    store.set("b", {"k": "b"})  # memory is full: first, a, b
-
-    def write_during_write_back(key: str) -> None:
-        if key == "first":  # the write-back's first set: another caller writes two new sessions meanwhile
-            primary.on_set = None
-            store.set("c", {"k": "c"})  # still degraded: lands in memory and evicts "a" (least recently used)
-            store.set("d", {"k": "d"})  # evicts "b"
-
-    primary.on_set = write_during_write_back
-    with caplog.at_level(logging.WARNING, logger="fmredis"):
-        recover(store, primary, clock)
-    assert not store.degraded
-    assert store.lost_unsynced == 2
-    assert len([r for r in caplog.records if "evicted before it reached Redis" in r.getMessage()]) == 2
-    assert [k for k in ("first", "a", "b", "c", "d") if primary.exists(k)] == ["first", "c", "d"]
+    store.set("b", {"k": "b"})
+    with pytest.raises(StoreUnavailable, match="memory is full: all 3 sessions held"):
+        store.set("c", {"k": "c"})
+    assert store.memory.get("c") is None and store.pending == 3
+    store.set("a", {"k": "a2"})  # a session already held is rewritten in place: nothing to evict
+    assert [store.get(key) is not None for key in ("first", "a", "b")] == [True, True, True]
+    recover(store, primary, clock)
+    assert not store.degraded and store.lost_unsynced == 0
+    assert [k for k in ("first", "a", "b", "c") if primary.exists(k)] == ["first", "a", "b"]
+    assert primary.get("a") == {"k": "a2", "last_activity": ANY}
 
 
-def evict_the_key_being_written_back(store: FallbackSessionStore, primary: FakePrimary) -> None:
-    """Arrange that, once the write-back has written ``first`` (the only session a memory of one holds) to the primary
-    and before it is done with it, another caller's outage write evicts ``first`` from memory."""
-
-    def write_during_write_back(key: str) -> None:
-        if key == "first":
-            primary.on_set = None
-            store.set("b", {"k": "b"})  # still degraded: lands in memory, which evicts "first"
-            assert not store.memory.exists("first")
-
-    primary.on_set = write_during_write_back
-
-
-def test_a_key_evicted_while_it_is_written_back_is_not_lost(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+def test_without_pinning_the_memory_bound_would_drop_an_acknowledged_write(clock: FakeClock) -> None:
     primary = FakePrimary()
     store = outage(primary, clock, max_entries=1)
-    evict_the_key_being_written_back(store, primary)
-    with caplog.at_level(logging.WARNING, logger="fmredis"):
-        recover(store, primary, clock)
-    assert not store.degraded
-    assert primary.exists("first") and primary.exists("b")
-    assert store.lost_unsynced == 0
-    assert not [r for r in caplog.records if "evicted before it reached Redis" in r.getMessage()]
+    store.memory.pinned = None  # the naive bound: least recently used evicted, pending or not ...
+    store._log._limit = 10  # ... and no bound on the changes pending
+    store.set("b", {"k": "b"})  # acknowledged, and evicts "first", acknowledged before it
+    assert store.get("first") is None  # a read during the outage no longer sees an acknowledged write
 
 
-def test_without_sparing_the_key_being_written_back_its_eviction_counted_as_lost(
+def test_pending_deletes_count_against_the_memory_only_bound(clock: FakeClock) -> None:
+    primary = FakePrimary()
+    store = outage(primary, clock, max_entries=2)  # "first" pending
+    assert store.delete("gone-1") is False  # a session from before the outage: only memory's copy is reported
+    with pytest.raises(StoreUnavailable, match="memory fallback full: 2 outage changes"):
+        store.delete("gone-2")
+    assert store.pending == 2 and store.get("first") is not None
+    store.delete("first")  # replaces the pending write of a key already counted
+    assert store.pending == 2 and store.get("first") is None
+
+
+def test_a_session_written_back_is_evicted_before_any_pending_one(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The naive log: evicted() never learns which key the write-back is applying (the assignments go nowhere).
-    monkeypatch.setattr(OutageLog, "_applying", property(lambda log: None, lambda log, key: None), raising=False)
+    monkeypatch.setattr(outage_log, "BATCH", 1)
     primary = FakePrimary()
-    store = outage(primary, clock, max_entries=1)
-    evict_the_key_being_written_back(store, primary)
-    recover(store, primary, clock)
-    assert primary.exists("first")  # written back all the same ...
-    assert store.lost_unsynced == 1  # ... and reported lost
+    store = outage(primary, clock, max_entries=3)
+    store.set("a", {"k": "a"})
+    store.set("b", {"k": "b"})
+    store.get("first")  # "first" is now the most recently used: the naive LRU would evict "a" next
+    primary.down_after_sets = 1
+    recover(store, primary, clock)  # writes "first" back (one batch), then the primary goes down again
+    assert store.degraded and store.pending == 2 and primary.inner.exists("first")
+    store.set("c", {"k": "c"})  # memory is full: the written-back "first" goes, not "a" or "b"
+    assert store.memory.get("first") is None
+    assert all(store.get(key) is not None for key in ("a", "b", "c"))
 
 
-def test_an_outage_write_evicted_before_the_write_back_is_still_lost(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_write_the_journal_refuses_leaves_memory_as_it_was(clock: FakeClock, tmp_path: Path) -> None:
     primary = FakePrimary()
-    store = outage(primary, clock, max_entries=1)
-    with caplog.at_level(logging.WARNING, logger="fmredis"):
-        store.set("b", {"k": "b"})  # evicts "first", which never reached the primary
+    store = outage(primary, clock, journal_path=tmp_path / "journal", journal_max_bytes=400)
+    store.set("a", {"k": "a"})
+    with pytest.raises(StoreUnavailable, match=r"outage journal full \(\d+ of 400 bytes"):
+        store.set("a", {"k": "x" * 300})  # a rewrite too big for the journal: the old value stays
+    with pytest.raises(StoreUnavailable, match="outage journal full"):
+        store.set("new", {"k": "x" * 300})
+    assert store.get("a") == {"k": "a", "last_activity": ANY} and store.get("new") is None
+    assert store.pending == 2
     recover(store, primary, clock)
-    assert not store.degraded
-    assert not primary.exists("first") and primary.exists("b")
-    assert store.lost_unsynced == 1
-    assert len([r for r in caplog.records if "evicted before it reached Redis" in r.getMessage()]) == 1
+    assert primary.get("a") == {"k": "a", "last_activity": ANY} and not primary.exists("new")
+    assert store.journal is not None and store.journal.bytes == 0
+    store.close()
 
 
-def test_a_key_evicted_during_a_write_back_cut_off_by_an_outage_is_counted_lost(
-    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_user_session_redis_no_longer_holds_is_written_back(clock: FakeClock) -> None:
     primary = FakePrimary()
-    store = outage(primary, clock, max_entries=1)
-    get = primary.get
-
-    def outage_while_reading_redis(key: str, *, refresh: bool = False) -> Any:
-        # The write-back reads Redis's copy of "first": meanwhile an outage write evicts "first", and Redis goes away.
-        monkeypatch.setattr(primary, "get", get)
-        store.set("b", {"k": "b"})
-        primary.down = True
-        return get(key, refresh=refresh)
-
-    monkeypatch.setattr(primary, "get", outage_while_reading_redis)
+    store = outage(primary, clock)
+    store.set("login", {"user_id": "u1"})  # a new session during the outage: Redis never held it
     recover(store, primary, clock)
-    assert store.degraded and not store.memory.exists("first")
-    recover(store, primary, clock)
-    assert not store.degraded and primary.exists("b")
-    assert primary.exists("first") or store.lost_unsynced == 1  # written back, or its loss counted: never silent
+    assert primary.get("login") == {"user_id": "u1", "last_activity": ANY}
+    assert store.last_recovery is not None and store.last_recovery["written_back"] == 2
 
 
 def test_recovery_ends_under_a_steady_stream_of_writes() -> None:
@@ -259,3 +254,37 @@ def test_a_released_call_does_not_free_another_threads_probe(clock: FakeClock) -
     assert done.is_set()
     breaker.release()  # the first thread's call turned out to be bad input
     assert not breaker.allow()  # the probe is still the other thread's
+
+
+def behind_a_breaker(primary: FakePrimary, breaker: CircuitBreaker, clock: FakeClock) -> FallbackSessionStore:
+    resilient = ResilientRedisSessionStore(primary, breaker=breaker, clock=clock, sleep=lambda _seconds: None)
+    store = FallbackSessionStore(resilient, probe_interval=1.0, clock=clock)
+    primary.down = True
+    store.set("first", {"n": 0})
+    assert store.degraded
+    return store
+
+
+def test_the_fallbacks_probe_is_not_swallowed_by_the_inner_breakers_cooldown(clock: FakeClock) -> None:
+    primary = FakePrimary()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=60, clock=clock)
+    store = behind_a_breaker(primary, breaker, clock)
+    assert breaker.state == "open"
+    primary.down = False
+    clock.advance(1.0)  # the fallback's probe interval, far inside the breaker's 60 s cool-down
+    store.exists("anything")
+    assert not store.degraded and breaker.state == "closed"
+    assert primary.inner.exists("first")
+
+
+def test_a_probe_through_the_breakers_gate_would_wait_out_its_cooldown(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ResilientRedisSessionStore, "probe", ISessionStore.probe)  # the naive probe: a plain call
+    primary = FakePrimary()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=60, clock=clock)
+    store = behind_a_breaker(primary, breaker, clock)
+    primary.down = False
+    clock.advance(1.0)
+    store.exists("anything")
+    assert store.degraded  # refused by the open breaker: another probe interval lost

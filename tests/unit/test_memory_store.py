@@ -16,11 +16,12 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 import pytest
 
-from fmredis import InvalidTTLError, SessionExpired
+from fmredis import InvalidTTLError, SessionExpired, StoreUnavailable
 from fmredis.memory_store import InMemorySessionStore
 from fmredis.serialization import decode_session, encode_session
 from tests.fakes import FakeClock
@@ -681,3 +682,34 @@ def test_many_threads_on_overlapping_keys_keep_the_store_consistent() -> None:
     found = store.get_many(keys)
     assert sorted(found) == sorted(key for key, _, _ in snapshot)
     assert all(value["key"] == key for key, value in found.items())
+
+
+def test_eviction_passes_over_pinned_keys_and_refuses_when_all_are_pinned() -> None:
+    store = InMemorySessionStore(max_entries=3)
+    for key in ("a", "b", "c"):
+        store.set(key, {"k": key})
+    store.pinned = lambda key: key in {"a", "c"}
+    store.set("d", {"k": "d"})  # the least recently used unpinned key goes: "b", not "a"
+    assert [store.exists(key) for key in ("a", "b", "c", "d")] == [True, False, True, True]
+    store.pinned = lambda key: True
+    with pytest.raises(StoreUnavailable, match=r"all 3 sessions held .* are pinned"):
+        store.set("e", {"k": "e"})
+    assert not store.exists("e") and len(store) == 3 and store.evictions == 1
+    store.set("a", {"k": "a2"})  # a held key is replaced in place: nothing to evict
+    assert store.get("a") == {"k": "a2", "last_activity": ANY}
+
+
+def test_demote_makes_a_key_the_next_to_go_and_put_entry_restores_a_peeked_one() -> None:
+    store = InMemorySessionStore(max_entries=2)
+    store.set("a", {"k": "a"})
+    store.set("b", {"k": "b"})
+    store.demote("b")
+    store.set("c", {"k": "c"})
+    assert not store.exists("b") and store.exists("a")
+    entry = store.peek_entry("a")
+    assert entry is not None and entry[1] == 1800
+    store.delete("a")
+    store.put_entry("a", entry)
+    assert store.get("a") == {"k": "a", "last_activity": ANY}
+    store.put_entry("a", None)
+    assert store.peek_entry("a") is None
