@@ -200,7 +200,13 @@ def test_a_full_memory_refuses_new_outage_writes_and_loses_none(
     server.restart()
     wait_until(lambda: recovered(store))
     raw = raw_client(server)
-    assert [raw.exists(f"session:s{i}") for i in range(5)] == [1, 1, 1, 0, 0]  # every acknowledged write, and only those
+    assert [raw.exists(f"session:s{i}") for i in range(5)] == [
+        1,
+        1,
+        1,
+        0,
+        0,
+    ]  # every acknowledged write, and only those
     raw.close()
     store.close()
 
