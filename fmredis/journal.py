@@ -32,6 +32,8 @@ ROW_OVERHEAD = 64
 #: rewrite apart.
 Change = tuple[str, str, "bytes | None", "float | None", float, int]
 
+_INSERT = "INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (
     key TEXT PRIMARY KEY,
@@ -91,8 +93,9 @@ class OutageJournal:
             self._lock_file.close()
             raise JournalError(f"cannot open the outage journal {self.path}: {exc}") from None
         self._loaded: list[Change] = [row[:6] for row in rows]
-        self._sizes = {row[0]: row[6] for row in rows}
-        self.bytes = sum(self._sizes.values())
+        self._rows = {row[0]: (row[5], row[6]) for row in rows}  # key -> (seq, size) of its change on file
+        self.bytes = sum(size for _seq, size in self._rows.values())
+        self._applied: list[tuple[str, int]] = []  # (key, seq) written back, their rows not yet deleted
         self._seq = max((row[5] for row in rows), default=0)
 
     def _open(self, fsync: bool) -> tuple[sqlite3.Connection, list[Any]]:
@@ -113,58 +116,66 @@ class OutageJournal:
         return loaded
 
     def record(self, changes: list[tuple[str, str, bytes | None, float | None]], at: float) -> list[int]:
-        """Commit ``changes`` (each replacing the key's earlier one) in one transaction; their sequence numbers.
-        ``StoreUnavailable`` if they would pass ``max_bytes`` or the write fails: nothing is written then."""
+        """Commit ``changes`` (each replacing the key's earlier one), made at ``at``, in one transaction; their sequence
+        numbers. ``StoreUnavailable`` if they would pass ``max_bytes`` or the write fails: nothing is written then."""
         with self._lock:
             self._check_process()
-            sizes = {
-                key: len(key.encode("utf-8", "surrogatepass")) + len(payload or b"") + ROW_OVERHEAD
-                for key, _op, payload, _expires in changes
-            }
-            grown = self.bytes + sum(size - self._sizes.get(key, 0) for key, size in sizes.items())
+            rows, grown, seq = [], self.bytes, self._seq
+            latest = self._rows
+            for key, op, payload, expires in changes:
+                seq += 1
+                size = len(key.encode("utf-8", "surrogatepass")) + len(payload or b"") + ROW_OVERHEAD
+                grown += size - latest.get(key, (0, 0))[1]
+                rows.append((key, op, payload, expires, at, seq, size))
             if grown > self.max_bytes:
                 raise StoreUnavailable(
                     f"outage journal full ({self.bytes} of {self.max_bytes} bytes pending write-back): write refused"
                 )
-            first = self._seq + 1
-            rows = [
-                (key, op, payload, expires, at, first + index, sizes[key])
-                for index, (key, op, payload, expires) in enumerate(changes)
-            ]
             try:
-                with self._transaction():
-                    self._db.executemany("INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                if len(rows) == 1:  # the common case: one statement, committed on its own
+                    self._db.execute(_INSERT, rows[0])
+                else:
+                    with self._transaction():
+                        self._db.executemany(_INSERT, rows)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"outage journal write failed ({exc}): write refused") from None
-            self._seq += len(rows)
-            self._sizes.update(sizes)
-            self.bytes = grown
+            self._seq, self.bytes = seq, grown
+            for row in rows:
+                latest[row[0]] = (row[5], row[6])
             return [row[5] for row in rows]
 
     def remove(self, done: list[tuple[str, int]]) -> None:
-        """Drop each ``(key, seq)`` written back, unless the key was journaled again since (a newer seq)."""
-        if not done:
-            return
+        """Count each ``(key, seq)`` written back as gone (unless the key was journaled again since: a newer seq); the
+        rows themselves go at :meth:`flush`. A process that dies first writes them back again (idempotent)."""
         with self._lock:
+            latest = self._rows
+            for key, seq in done:
+                row = latest.get(key)
+                if row is not None and row[0] == seq:
+                    del latest[key]
+                    self.bytes -= row[1]
+            self._applied.extend(done)
+
+    def flush(self) -> None:
+        """Delete the rows :meth:`remove` counted gone: all of them in one statement once nothing is pending (then
+        the WAL is truncated, giving the space back), else one by one."""
+        with self._lock:
+            if not self._applied:
+                return
             self._check_process()
             try:
-                with self._transaction():
-                    self._db.executemany("DELETE FROM changes WHERE key = ? AND seq = ?", done)
-                    left = dict(
-                        self._db.execute(
-                            f"SELECT key, size FROM changes WHERE key IN ({','.join('?' * len(done))})",
-                            [key for key, _seq in done],
-                        ).fetchall()
-                    )
+                if not self._rows:
+                    self._db.execute("DELETE FROM changes")
+                else:
+                    with self._transaction():
+                        self._db.executemany("DELETE FROM changes WHERE key = ? AND seq = ?", self._applied)
             except sqlite3.Error as exc:  # the rows stay: written back again next time (idempotent)
                 logger.warning("Outage journal %s: could not drop written-back changes (%s)", self.path, exc)
                 return
-            for key, _seq in done:
-                if key not in left:
-                    self.bytes -= self._sizes.pop(key, 0)
-            if not self._sizes:
+            self._applied = []
+            if not self._rows:
                 with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # give the space back once empty
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self._lock:

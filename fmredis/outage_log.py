@@ -133,6 +133,8 @@ class OutageLog:
                 for key, pending in self._in_flight.items():
                     self._dirty.setdefault(key, pending)
                 self._in_flight = {}
+            if self._journal is not None:
+                self._journal.flush()
 
     def _apply_batch(
         self, primary: ISessionStore, batch: list[tuple[str, _Pending]], demote: Callable[[str], None]
@@ -201,11 +203,15 @@ class OutageLog:
         logouts = primary.logouts(sorted(owners)) if owners else {}
         winners: list[tuple[str, dict[str, Any], int | None]] = []
         for key, (session, remaining) in mine.items():
-            theirs_at, mine_at = _activity(theirs.get(key)), _activity(session)
-            owner = owner_of(session)
-            if theirs_at is not None and (mine_at is None or theirs_at > mine_at):
+            held = theirs.get(key)
+            theirs_at = _activity(held) if held is not None else None  # (parsed only when there is a conflict)
+            if theirs_at is not None and ((mine_at := _activity(session)) is None or theirs_at > mine_at):
                 counts["kept_newer_in_redis"] += 1
-            elif key not in theirs and owner is not None and logouts.get(owner, -math.inf) >= self.began:
+            elif (
+                held is None
+                and (owner := owner_of(session)) is not None
+                and logouts.get(owner, -math.inf) >= self.began
+            ):
                 # Logged out in Redis (delete_user_sessions, regenerate) by a worker that still reached it while
                 # this one was cut off: writing the session back would revive it, outside the user's index.
                 counts["gone_in_redis"] += 1

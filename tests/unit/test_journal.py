@@ -86,8 +86,10 @@ def test_the_bound_counts_pending_bytes_and_a_written_back_key_gives_them_back(t
         journal.record([("b", "set", b"x" * 200, 100.0)], 50.0)
     assert journal.bytes == ROW_OVERHEAD + 20
     journal.remove([("a", one)])  # the older change was written back: the newer one stays
+    journal.flush()
     assert journal.bytes == ROW_OVERHEAD + 20
     journal.remove([("a", one + 1)])
+    journal.flush()
     assert journal.bytes == 0
     journal.close()
 
