@@ -8,12 +8,13 @@ writes survive kill -9). Four parts:
    slot is written at once), through ``FallbackSessionStore(ResilientRedisSessionStore(factory))``, once with an
    outage journal and once memory-only. The server is killed (SIGKILL) for ``--down`` s and restarted on the same
    port, then frozen (SIGSTOP) for ``--down`` s and continued. The client's socket timeout is 1 s (``--socket-timeout``;
-   create_redis_client's default of 10 s would make a frozen server a plain stall). Per fault: achieved write rate,
-   write latency of the writes started during the outage (all, and those started once the store was serving from
-   memory), refused writes, seconds from the server answering again (``restart()`` returned / SIGCONT sent) until the
-   first successful recovery probe ("noticed") and until the first writer's ``set`` served by Redis again (both
-   recorded by a ResilientRedisSessionStore subclass when its ``probe`` / ``set`` returns), the write-back
-   (``last_recovery``), and every acknowledged key and value read back from Redis (lost).
+   create_redis_client's default of 10 s would make a frozen server a plain stall). Per fault: write rate, latency of
+   the writes started during the outage (all, and those started once the store served from memory), refused writes;
+   seconds from the server answering again (after a kill: its first PONG to a thread pinging every 2 ms; after a
+   freeze: SIGCONT sent) until the first successful recovery probe ("noticed") and until the first writer ``set``
+   served by Redis again (both noted by a ResilientRedisSessionStore subclass when its ``probe`` / ``set`` returns:
+   the fallback calls them only to end an outage / for a caller's write); the write-back (``last_recovery``); and
+   every acknowledged key and value read back from Redis (lost).
 2. ``write_back``: ``--sessions`` sessions written during an outage (journal mode, no other load), then the server
    back: ``last_recovery["write_back_seconds"]`` (probe included) and ``written_back``, sessions/s.
 3. ``write_cost``: the cost of one outage write, no other load, 1 and 8 threads writing back to back: the fallback
@@ -25,8 +26,8 @@ writes survive kill -9). Four parts:
    of the master. Seconds from the first sentinel naming the new master (each sentinel's GET-MASTER-ADDR-BY-NAME
    polled every 10 ms) to the first successful write; acknowledged writes the new master lacks.
 
-    python -m benchmarks.outage            # about 70 s; writes benchmarks/results/outage.json
-    python -m benchmarks.outage --quick    # short outages, small counts: a smoke run (about 30 s)
+    python -m benchmarks.outage            # about 50 s; writes benchmarks/results/outage.json
+    python -m benchmarks.outage --quick    # short outages, small counts: a smoke run (about 20 s)
 """
 
 from __future__ import annotations
@@ -181,6 +182,32 @@ def _after(instant: float | None, since: float) -> float | None:
     return None if instant is None else round(instant - since, 3)
 
 
+def _restart(server: RedisServer) -> tuple[float, float]:
+    """Restart the killed server: when it first answered PING (polled every 2 ms meanwhile, from a thread) and when
+    ``restart()`` returned (it polls INFO every 50 ms, so a client may be served before it returns)."""
+    answered: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            try:
+                with make_client(server.address, socket_timeout=0.1, socket_connect_timeout=0.1) as client:
+                    if client.ping():
+                        answered.append(time.monotonic())
+                        return
+            except Exception:  # refused, or loading: not answering yet
+                pass
+            time.sleep(0.002)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    server.restart()
+    returned = time.monotonic()
+    poller.join(1.0)
+    done.set()
+    return min([*answered, returned]), returned
+
+
 def under_load(journal: bool, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     """Part 1, one mode: kill -9 then SIGSTOP under 8 paced writers."""
     with RedisServer(persistent=True) as server:
@@ -197,12 +224,12 @@ def under_load(journal: bool, args: argparse.Namespace, workdir: str) -> dict[st
             if fault == "kill":
                 server.kill()
                 time.sleep(args.down)
-                server.restart()
+                back_at, returned = _restart(server)
             else:
                 server.freeze()
                 time.sleep(args.down)
                 server.thaw()
-            back_at = time.monotonic()
+                back_at = returned = time.monotonic()
             _wait_recovered(store, primary, back_at)
             time.sleep(args.settle)
             served = first_at_or_after(primary.set_returns, back_at)
@@ -223,6 +250,7 @@ def under_load(journal: bool, args: argparse.Namespace, workdir: str) -> dict[st
                 ),
                 "write_between_answer_and_served": percentiles(recovering),
                 "refused_during_outage": sum(1 for r in during if r[2] == REFUSED),
+                "restart_returned_after_answer_s": round(returned - back_at, 3),
                 "probe_ok_after_answer_s": _after(noticed, back_at),
                 "served_by_redis_after_answer_s": _after(served, back_at),
                 "recovery": None if store.last_recovery is before else store.last_recovery,

@@ -56,8 +56,9 @@ class StoreBackend(abc.ABC):
             self._write(key, payload, seconds)
 
     @abc.abstractmethod
-    def _note_logout(self, user_id: str, at: float, keep: int) -> None:
-        """Record that ``user_id`` was logged out at ``at`` (epoch seconds), kept ``keep`` seconds at least."""
+    def _note_logout(self, user_id: str, at: float, keep: int, what: str) -> None:
+        """Record that ``user_id`` was logged out at ``at`` (epoch seconds), kept ``keep`` seconds at least, for the
+        call ``what`` (named in errors)."""
 
     @abc.abstractmethod
     def _logouts(self, user_ids: list[str]) -> list[float | None]:

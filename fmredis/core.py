@@ -330,7 +330,7 @@ class SessionStoreBase(StoreBackend, ISessionStore):
 
         new_id, user_id, seconds = self._optimistic("regenerate", session_id, step)
         if user_id is not None:  # the old id is logged out: a fallback must not write its outage copy back
-            self._note_logout(user_id, self._rules.wall_clock(), 2 * self._rules.max_ttl)
+            self._note_logout(user_id, self._rules.wall_clock(), 2 * self._rules.max_ttl, "regenerate")
         if not seconds:
             raise expired(session_id)
         report_regenerated(self._counters, session_id, new_id, user_id, seconds)
@@ -396,7 +396,7 @@ class SessionStoreBase(StoreBackend, ISessionStore):
     def delete_user_sessions(self, user_id: str) -> int:
         user_id = check_user_id(user_id)
         # First: a logout must never revive, even if the removal below fails half-way (see logouts()).
-        self._note_logout(user_id, self._rules.wall_clock(), 2 * self._rules.max_ttl)
+        self._note_logout(user_id, self._rules.wall_clock(), 2 * self._rules.max_ttl, "delete_user_sessions")
         removed = self._remove_user(user_id)
         self._op()
         self._counters.add(DELETED_FOR_USER, removed)

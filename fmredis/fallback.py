@@ -261,9 +261,22 @@ class FallbackSessionStore(ISessionStore):
                         return call(self._memory)
                     changes = marks()
                     before = [(key, self._memory.peek_entry(key)) for key, _op in changes]
+                    self._check_room(changes, before)
                     result = call(self._memory)
                     self._record(changes, before)
                     return result
+
+    def _check_room(self, changes: list[tuple[str, str]], before: list[tuple[str, tuple[bytes, int] | None]]) -> None:
+        """Refuse at once a write of a new key that memory, full of outage writes not yet written back, could only
+        take by evicting one (:meth:`InMemorySessionStore` would find that out too, but by asking about each)."""
+        memory = self._memory
+        if any(op == SET and entry is None for (_key, op), (_, entry) in zip(changes, before, strict=True)) and (
+            self._log.full(memory.max_entries) and len(memory) >= memory.max_entries
+        ):
+            raise StoreUnavailable(
+                f"memory is full: all {memory.max_entries} sessions held (max_entries) are outage writes not yet "
+                "written back to Redis; refused rather than evicting one"
+            )
 
     def _record(self, changes: list[tuple[str, str]], before: list[tuple[str, tuple[bytes, int] | None]]) -> None:
         """Record the changes a memory call made (journaled, when there is a journal); if the bound or the journal

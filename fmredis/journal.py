@@ -72,23 +72,31 @@ class OutageJournal:
         self._lock_file = _exclusive(self.path + ".lock")
         try:
             self._db, rows = self._open(fsync)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, _Damaged) as exc:
+            # Moved aside, never opened again: a worker must not crash-loop on it. Rows still readable (a damaged
+            # index, say) are carried over into the new journal.
+            salvaged = exc.rows if isinstance(exc, _Damaged) else []
             aside = f"{self.path}.corrupt-{int(time.time())}"
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(self.path + suffix, aside + suffix)
-            logger.error(
-                "Outage journal %s is unreadable (%s): moved aside to %s, its changes NOT written back; a new journal "
-                "is started",
-                self.path,
-                exc,
-                aside,
-            )
             try:
-                self._db, rows = self._open(fsync)
+                self._db, _empty = self._open(fsync)
+                if salvaged:
+                    with self._transaction():
+                        self._db.executemany(_INSERT, salvaged)
             except sqlite3.Error as again:
                 self._lock_file.close()
                 raise JournalError(f"cannot open the outage journal {self.path}: {again}") from None
+            rows = salvaged
+            logger.error(
+                "Outage journal %s is damaged (%s): moved aside to %s; %d changes read from it carried over, any "
+                "others NOT written back; a new journal is started",
+                self.path,
+                exc,
+                aside,
+                len(rows),
+            )
         except sqlite3.Error as exc:
             self._lock_file.close()
             raise JournalError(f"cannot open the outage journal {self.path}: {exc}") from None
@@ -99,15 +107,23 @@ class OutageJournal:
         self._seq = max((row[5] for row in rows), default=0)
 
     def _open(self, fsync: bool) -> tuple[sqlite3.Connection, list[Any]]:
+        # Owner-only: the journal holds session ids (bearer credentials) and session data. SQLite gives its -wal and
+        # -shm files the database file's permissions, so creating that one first is enough.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             db.execute(_SCHEMA)
             rows = db.execute("SELECT key, op, payload, expires, at, seq, size FROM changes ORDER BY seq").fetchall()
+            # The scan above reads the table, not its key index: a damaged index would fail every later write.
+            [(verdict,)] = db.execute("PRAGMA quick_check(1)").fetchall()
         except BaseException:
             db.close()
             raise
+        if verdict != "ok":
+            db.close()
+            raise _Damaged(verdict, rows)
         return db, rows
 
     def loaded(self) -> list[Change]:
@@ -206,9 +222,19 @@ class OutageJournal:
             )
 
 
+class _Damaged(Exception):
+    """The journal's integrity check failed; ``rows`` is what its table scan could still read."""
+
+    def __init__(self, verdict: str, rows: list[Any]) -> None:
+        super().__init__(verdict)
+        self.rows = rows
+
+
 def _exclusive(path: str) -> IO[bytes]:
     """Open and ``flock`` ``path`` exclusively, without waiting; :class:`JournalError` if another process holds it."""
-    handle = open(path, "ab")  # noqa: SIM115  # held open for the journal's life
+    handle = os.fdopen(
+        os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
+    )  # held for the journal's life
     try:
         import fcntl
     except ImportError:  # not POSIX: no cross-process guard (documented)

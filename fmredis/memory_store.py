@@ -164,7 +164,7 @@ class InMemorySessionStore(SessionStoreBase):
             evicted = self._store(key, payload, now, seconds)
         self._report_eviction(evicted)
 
-    def _note_logout(self, user_id: str, at: float, keep: int) -> None:
+    def _note_logout(self, user_id: str, at: float, keep: int, what: str) -> None:
         with self._lock:
             marks = self._logout_marks
             marks[user_id] = max(at, marks.get(user_id, at))

@@ -58,6 +58,8 @@ class OutageLog:
         self._wall = wall_clock
         self._dirty: dict[str, _Pending] = {}
         self._in_flight: dict[str, _Pending] = {}
+        #: Keys whose pending change is a ``SET`` (a session memory must keep).
+        self.sets = 0
         self._seq = 0
         self.counts = dict.fromkeys(COUNT_NAMES, 0)
         #: When the outage began (epoch seconds): a user logged out in Redis since then keeps the outage's copies of
@@ -73,8 +75,16 @@ class OutageLog:
         pending = self._dirty.get(key) or self._in_flight.get(key)
         return pending is not None and pending.op == SET
 
-    def previous(self, key: str) -> _Pending | None:
-        return self._dirty.get(key) or self._in_flight.get(key)
+    def _put(self, key: str, pending: _Pending) -> None:
+        """Make ``pending`` the key's change (dirty), keeping :attr:`sets` exact."""
+        previous = self._dirty.get(key) or self._in_flight.get(key)
+        self.sets += (pending.op == SET) - (previous is not None and previous.op == SET)
+        self._dirty[key] = pending
+
+    def full(self, room: int) -> bool:
+        """Whether ``room`` sessions are all held by outage writes not yet written back (expired ones included until
+        the next write-back): memory would have to evict one to take a new key."""
+        return self.sets >= room
 
     def mark(self, changes: list[tuple[str, str, bytes | None, int]]) -> None:
         """Record ``(key, op, payload, remaining_seconds)`` changes (journaled first); ``StoreUnavailable`` if the
@@ -95,11 +105,11 @@ class OutageLog:
             seqs = list(range(self._seq + 1, self._seq + 1 + len(stamped)))
         self._seq = max(self._seq, seqs[-1]) if seqs else self._seq
         for (key, op, payload, expires), seq in zip(stamped, seqs, strict=True):
-            self._dirty[key] = _Pending(op, payload, expires, seq)
+            self._put(key, _Pending(op, payload, expires, seq))
 
     def restore(self, key: str, op: str, payload: bytes | None, expires: float | None, at: float, seq: int) -> None:
         """A change an earlier process journaled at ``at``, pending again here (its outage began by then)."""
-        self._dirty[key] = _Pending(op, payload, expires, seq)
+        self._put(key, _Pending(op, payload, expires, seq))
         self._seq = max(self._seq, seq)
         self.began = min(self.began, at)
 
@@ -164,6 +174,8 @@ class OutageLog:
             for key, pending in batch:
                 if self._in_flight.get(key) is pending:
                     del self._in_flight[key]
+                    if pending.op == SET and key not in self._dirty:  # (a newer dirty change stands for the key)
+                        self.sets -= 1
                 if pending.op == SET and not self.pinned(key):
                     demote(key)
         if self._journal is not None:

@@ -31,7 +31,6 @@ _UNLINK = redis_call("UNLINK")
 _EXPIRE = redis_call("EXPIRE")
 _MGET = redis_call("MGET")
 _EXPIREAT = redis_call("EXPIREAT")
-_LOGOUT = redis_call("ZADD")
 _LOGOUTS = redis_call("ZMSCORE", read=True)
 
 
@@ -229,7 +228,7 @@ class RedisSessionStore(SessionStoreBase):
                         pipe.execute_command(*command)
                     pipe.execute()
 
-    def _note_logout(self, user_id: str, at: float, keep: int) -> None:
+    def _note_logout(self, user_id: str, at: float, keep: int, what: str) -> None:
         """One sorted set of user id -> logout time, ``"user-sessions:" + prefix``: the index prefix itself, which is
         no user's index (a user id is never empty), so an ACL allowing the index keys allows it; trimmed to the last
         ``keep`` seconds on every write."""
@@ -239,7 +238,7 @@ class RedisSessionStore(SessionStoreBase):
             ("ZREMRANGEBYSCORE", key, "-inf", at - keep),
             ("EXPIRE", key, keep),
         ]
-        with _LOGOUT:
+        with redis_call(what):
             if self._mux is not None:
                 self._mux.execute_many(commands)
                 return
