@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import os
 import struct
 import tempfile
@@ -171,11 +172,26 @@ class PacedWriters:
 
 
 def _wait_recovered(store: FallbackSessionStore, primary: TimedStore, since: float, timeout: float = 20.0) -> None:
+    """Until Redis serves the writers again (a set returned after `since`) with nothing left to write back."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not store.degraded and first_at_or_after(primary.set_returns, since) is not None:
+        if not store.degraded and not store.pending and first_at_or_after(primary.set_returns, since) is not None:
             return
         time.sleep(0.005)
+
+
+class _Events(logging.Handler):
+    """The fallback's log records (switch to memory, recovery), with when they were logged (monotonic)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((time.monotonic(), record.getMessage()))
+
+    def since(self, instant: float) -> list[str]:
+        return [f"+{when - instant:.3f} s {message[:110]}" for when, message in list(self.seen) if when >= instant]
 
 
 def _after(instant: float | None, since: float) -> float | None:
@@ -214,6 +230,10 @@ def under_load(journal: bool, args: argparse.Namespace, workdir: str) -> dict[st
         primary = TimedStore(factory(server.url, args.socket_timeout))
         path = os.path.join(workdir, "under-load.journal") if journal else None
         store = FallbackSessionStore(primary, journal_path=path)
+        events, log = _Events(), logging.getLogger("fmredis.fallback")
+        level = log.level
+        log.setLevel(logging.INFO)  # the recovery record is INFO (nothing more reaches stderr: lastResort is WARNING)
+        log.addHandler(events)
         load = PacedWriters(store, args.threads, args.period)
         load.start()
         time.sleep(args.settle)
@@ -232,6 +252,9 @@ def under_load(journal: bool, args: argparse.Namespace, workdir: str) -> dict[st
                 back_at = returned = time.monotonic()
             _wait_recovered(store, primary, back_at)
             time.sleep(args.settle)
+            # A call that started during the fault may still fail after the server answers and switch the store to
+            # memory (see "events"): the acknowledged writes are checked once nothing is pending.
+            _wait_recovered(store, primary, back_at)
             served = first_at_or_after(primary.set_returns, back_at)
             noticed = first_at_or_after(primary.probe_returns, back_at)
             records = load.records
@@ -239,6 +262,7 @@ def under_load(journal: bool, args: argparse.Namespace, workdir: str) -> dict[st
             to_memory = min((end for _s, end, outcome, degraded in during if outcome == OK and degraded), default=None)
             recovering = [end - start for start, end, _o, _d in records if back_at <= start <= (served or back_at)]
             lost = unreadable(server.address, dict(load.acked))
+            late = [r for r in records if r[0] >= back_at and r[2] == OK and r[3]]
             phases[fault] = {
                 "down_s": args.down,
                 "writes_started_during_outage": len(during),
@@ -253,7 +277,9 @@ def under_load(journal: bool, args: argparse.Namespace, workdir: str) -> dict[st
                 "restart_returned_after_answer_s": round(returned - back_at, 3),
                 "probe_ok_after_answer_s": _after(noticed, back_at),
                 "served_by_redis_after_answer_s": _after(served, back_at),
+                "acknowledged_from_memory_after_answer": len(late),
                 "recovery": None if store.last_recovery is before else store.last_recovery,
+                "events": events.since(fault_at),
                 "acknowledged_so_far": len(load.acked),
                 "lost_so_far": len(lost),
             }
@@ -277,6 +303,8 @@ def under_load(journal: bool, args: argparse.Namespace, workdir: str) -> dict[st
             "pending_at_check": store.pending,
         }
         store.close()
+        log.removeHandler(events)
+        log.setLevel(level)
         return result
 
 
@@ -532,7 +560,7 @@ def table(report: dict[str, Any]) -> str:
     lines = []
     header = (
         f"{'mode':<12} {'fault':<7} {'rate/s':>6} {'memory':>6} {'outage write ms':>18} {'from memory ms':>16} "
-        f"{'refused':>7} {'probe':>5} {'served':>6} {'wb s':>5} {'wb n':>5} {'lost':>4}"
+        f"{'refused':>7} {'probe':>5} {'served':>6} {'late':>4} {'wb s':>5} {'wb n':>5} {'lost':>4}"
     )
     lines += [header, "-" * len(header)]
     for mode in MODES:
@@ -545,6 +573,7 @@ def table(report: dict[str, Any]) -> str:
                 f"{_ms(p['served_from_memory_after_s']):>6} {_pct(p['write_during_outage']):>18} "
                 f"{_pct(p['write_once_serving_from_memory']):>16} {p['refused_during_outage']:>7} "
                 f"{_ms(p['probe_ok_after_answer_s']):>5} {_ms(p['served_by_redis_after_answer_s']):>6} "
+                f"{p['acknowledged_from_memory_after_answer']:>4} "
                 f"{_ms(recovery.get('write_back_seconds')):>5} {recovery.get('written_back', '-'):>5} "
                 f"{p['lost_so_far']:>4}"
             )
@@ -553,11 +582,12 @@ def table(report: dict[str, Any]) -> str:
             f"acknowledged {run['acknowledged_writes']}, refused {run['refused_writes']}, other errors "
             f"{run['other_errors']}, lost {run['lost']}"
         )
-    lines.append(
-        "memory: s from the fault to the first write acknowledged from memory; write ms p50/p99/max of writes started "
-        "during the outage (all / once serving from memory); probe, served: s from the server answering again to the "
-        "first successful recovery probe / the first writer set served by Redis; wb: write-back s and sessions"
-    )
+    lines += [
+        "memory: s from the fault to the first write acknowledged from memory; outage write / from memory: ms",
+        "p50/p99/max of the writes started during the outage (all / once the store served from memory); probe, served:",
+        "s from the server answering again to the first successful recovery probe / the first writer set served by",
+        "Redis; late: writes started after it answered, acknowledged from memory; wb: write-back s and sessions",
+    ]
     wb = report["write_back"]
     lines.append("")
     lines.append(

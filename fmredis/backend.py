@@ -56,6 +56,10 @@ class StoreBackend(abc.ABC):
             self._write(key, payload, seconds)
 
     @abc.abstractmethod
+    def _list_many(self, entries: list[tuple[str, str, float]]) -> None:
+        """List each ``(user_id, session_id, created)`` in its user's index (the sessions are written already)."""
+
+    @abc.abstractmethod
     def _note_logout(self, user_id: str, at: float, keep: int, what: str) -> None:
         """Record that ``user_id`` was logged out at ``at`` (epoch seconds), kept ``keep`` seconds at least, for the
         call ``what`` (named in errors)."""

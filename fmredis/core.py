@@ -184,11 +184,14 @@ class SessionStoreBase(StoreBackend, ISessionStore):
         self._op()
         raise expired(key)
 
-    def set_many(self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True) -> int:
+    def set_many(
+        self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True, index: bool = False
+    ) -> int:
         """See :meth:`ISessionStore.set_many`: every item is checked and encoded before anything is written."""
         writes: list[tuple[str, bytes, int]] = []
         past: list[str] = []
         owners: list[tuple[str, dict[str, Any], int]] = []
+        listed: list[tuple[str, str, float]] = []
         for key, value, ttl in items:
             check_key(key)
             if stamp:
@@ -197,12 +200,18 @@ class SessionStoreBase(StoreBackend, ISessionStore):
             seconds = self._rules.for_write(ttl, value, stamped=stamp)
             if seconds:
                 writes.append((key, payload, seconds))
-                if self._indexes_expire and (owner := owner_of(value)) is not None:
+                owner = owner_of(value)
+                if self._indexes_expire and owner is not None:
                     owners.append((owner, value, seconds))
+                if index and owner is not None:
+                    created = parse_utc(value.get("created_at")) or utc_now()
+                    listed.append((owner, key, created.timestamp()))
             else:
                 past.append(key)
         if writes:
             self._write_many(writes)
+        if listed:
+            self._list_many(listed)
         for owner, value, seconds in owners:
             self._keep_index_of(owner, value, seconds)
         if past:

@@ -112,8 +112,10 @@ class FallbackSessionStore(ISessionStore):
             None if journal_path is None else OutageJournal(journal_path, max_bytes=max_bytes, fsync=journal_fsync)
         )
         limit = memory.max_entries if self._journal is None else sys.maxsize
-        self._log = OutageLog(self._lock, self._journal, limit, primary.ttl_rules.wall_clock)
-        memory.pinned = self._log.pinned
+        rules = primary.ttl_rules
+        self._log = OutageLog(self._lock, self._journal, limit, rules.wall_clock, rules.max_ttl)
+        self._writing: frozenset[str] = frozenset()  # the keys the memory call running now writes: pinned too
+        memory.pinned = self._pinned
         self._degraded = False
         self._degraded_since = 0.0
         self._next_probe = 0.0
@@ -220,7 +222,7 @@ class FallbackSessionStore(ISessionStore):
             with self._lock:
                 log.take()
                 log.write_back(self._primary, demote)
-                self._memory.delete_many([key for key, _payload, _ttl in self._memory.items_snapshot()])
+                self._memory.clear()
                 self._degraded = False
                 self._epoch += 1
         except StoreUnavailable:
@@ -259,12 +261,18 @@ class FallbackSessionStore(ISessionStore):
                 if self._degraded:
                     if marks is None:
                         return call(self._memory)
-                    changes = marks()
+                    changes = list(dict(marks()).items())  # one change per key (a key listed twice is one change)
+                    if not changes:  # a refresh of a session memory does not hold: nothing to record
+                        return call(self._memory)
                     before = [(key, self._memory.peek_entry(key)) for key, _op in changes]
                     self._check_room(changes, before)
-                    result = call(self._memory)
-                    self._record(changes, before)
-                    return result
+                    return self._record(call, changes, before)
+
+    def _pinned(self, key: str) -> bool:
+        """What memory must not evict: an outage write not yet written back, or a key the running call writes (an
+        earlier key of the same ``set_many`` must not make room for a later one). Called under memory's lock, always
+        holding the wrapper's (memory is written only holding it)."""
+        return key in self._writing or self._log.pinned(key)
 
     def _check_room(self, changes: list[tuple[str, str]], before: list[tuple[str, tuple[bytes, int] | None]]) -> None:
         """Refuse at once a write of a new key that memory, full of outage writes not yet written back, could only
@@ -278,11 +286,19 @@ class FallbackSessionStore(ISessionStore):
                 "written back to Redis; refused rather than evicting one"
             )
 
-    def _record(self, changes: list[tuple[str, str]], before: list[tuple[str, tuple[bytes, int] | None]]) -> None:
-        """Record the changes a memory call made (journaled, when there is a journal); if the bound or the journal
-        refuses them, put memory back as it was and raise: the write is not acknowledged, and nothing is kept."""
+    def _record(
+        self,
+        call: Callable[[ISessionStore], T],
+        changes: list[tuple[str, str]],
+        before: list[tuple[str, tuple[bytes, int] | None]],
+    ) -> T:
+        """Run ``call`` on memory and record the changes it made (journaled, when there is a journal); if it fails
+        part-way, or the bound or the journal refuses its changes, put memory back as it was and raise: the write is
+        not acknowledged, and nothing is kept."""
         memory = self._memory
+        self._writing = frozenset(key for key, op in changes if op == SET)
         try:
+            result = call(memory)
             recorded: list[tuple[str, str, bytes | None, int]] = []
             for key, op in changes:
                 entry = memory.peek_entry(key) if op == SET else None
@@ -292,6 +308,9 @@ class FallbackSessionStore(ISessionStore):
             for key, entry in before:
                 memory.put_entry(key, entry)
             raise
+        finally:
+            self._writing = frozenset()
+        return result
 
     def _redis_only(self, what: str, call: Callable[[ISessionStore], T]) -> T:
         """On the primary, never on memory: raises ``StoreUnavailable`` during an outage (the primary's own, which also
@@ -318,8 +337,14 @@ class FallbackSessionStore(ISessionStore):
     def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
         self._call(lambda store: store.set(key, value, ttl, stamp=stamp), lambda: [(key, SET)])
 
-    def set_many(self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True) -> int:
+    def set_many(
+        self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True, index: bool = False
+    ) -> int:
         listed = list(items)  # checked by the store that takes them (memory or the primary), before any is written
+        if index:  # the per-user index is Redis's, like create's
+            return self._redis_only(
+                "set_many(index=True)", lambda store: store.set_many(listed, stamp=stamp, index=True)
+            )
         return self._call(
             lambda store: store.set_many(listed, stamp=stamp), lambda: [(key, SET) for key, _value, _ttl in listed]
         )

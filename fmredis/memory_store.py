@@ -164,6 +164,11 @@ class InMemorySessionStore(SessionStoreBase):
             evicted = self._store(key, payload, now, seconds)
         self._report_eviction(evicted)
 
+    def _list_many(self, entries: list[tuple[str, str, float]]) -> None:
+        with self._lock:
+            for user_id, session_id, created in entries:
+                self._index(user_id, session_id, created)
+
     def _note_logout(self, user_id: str, at: float, keep: int, what: str) -> None:
         with self._lock:
             marks = self._logout_marks
@@ -311,6 +316,14 @@ class InMemorySessionStore(SessionStoreBase):
             f"memory is full: all {len(entries)} sessions held (max_entries) are pinned outage writes not yet written "
             "back to Redis; refused rather than evicting one"
         )
+
+    def clear(self) -> None:
+        """Remove every session (the fallback, once the outage is written back); the user index too."""
+        with self._lock:
+            self._entries.clear()
+            self._expiry_heap.clear()
+            self._users.clear()
+            self._indexed = 0
 
     def demote(self, key: str) -> None:
         """Make ``key`` the first one eviction would take (the fallback, for a session written back)."""

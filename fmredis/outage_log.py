@@ -50,9 +50,15 @@ class OutageLog:
     """
 
     def __init__(
-        self, lock: threading.RLock, journal: OutageJournal | None, limit: int, wall_clock: Callable[[], float]
+        self,
+        lock: threading.RLock,
+        journal: OutageJournal | None,
+        limit: int,
+        wall_clock: Callable[[], float],
+        max_ttl: int,
     ) -> None:
         self._lock = lock
+        self._max_ttl = max_ttl
         self._journal = journal
         self._limit = limit
         self._wall = wall_clock
@@ -60,6 +66,7 @@ class OutageLog:
         self._in_flight: dict[str, _Pending] = {}
         #: Keys whose pending change is a ``SET`` (a session memory must keep).
         self.sets = 0
+        self._both = 0  # keys both in flight and dirty again (a newer change made during the write-back)
         self._seq = 0
         self.counts = dict.fromkeys(COUNT_NAMES, 0)
         #: When the outage began (epoch seconds): a user logged out in Redis since then keeps the outage's copies of
@@ -67,8 +74,8 @@ class OutageLog:
         self.began = wall_clock()
 
     def __len__(self) -> int:
-        """Changes not yet applied to the primary."""
-        return len(self._dirty) + len(self._in_flight)
+        """Keys with a change not yet applied to the primary."""
+        return len(self._dirty) + len(self._in_flight) - self._both
 
     def pinned(self, key: str) -> bool:
         """Whether memory must keep ``key``: an outage write of it is pending (reads must go on seeing it)."""
@@ -79,6 +86,8 @@ class OutageLog:
         """Make ``pending`` the key's change (dirty), keeping :attr:`sets` exact."""
         previous = self._dirty.get(key) or self._in_flight.get(key)
         self.sets += (pending.op == SET) - (previous is not None and previous.op == SET)
+        if key in self._in_flight and key not in self._dirty:
+            self._both += 1
         self._dirty[key] = pending
 
     def full(self, room: int) -> bool:
@@ -142,7 +151,7 @@ class OutageLog:
             with self._lock:
                 for key, pending in self._in_flight.items():
                     self._dirty.setdefault(key, pending)
-                self._in_flight = {}
+                self._in_flight, self._both = {}, 0
             if self._journal is not None:
                 self._journal.flush()
 
@@ -174,12 +183,27 @@ class OutageLog:
             for key, pending in batch:
                 if self._in_flight.get(key) is pending:
                     del self._in_flight[key]
-                    if pending.op == SET and key not in self._dirty:  # (a newer dirty change stands for the key)
+                    if key in self._dirty:  # a newer change stands for the key
+                        self._both -= 1
+                    elif pending.op == SET:
                         self.sets -= 1
                 if pending.op == SET and not self.pinned(key):
                     demote(key)
         if self._journal is not None:
             self._journal.remove([(key, pending.seq) for key, pending in batch])
+
+    def _logouts(self, primary: ISessionStore, owners: set[str]) -> dict[str, float]:
+        """The primary's logout notes for ``owners``; unreadable ones (an ACL refusing the notes' key, say) are
+        taken as none, with a warning: losing an acknowledged write would be worse than reviving a logged-out one."""
+        if not owners:
+            return {}
+        try:
+            return primary.logouts(sorted(owners))
+        except StoreUnavailable:
+            raise
+        except FmRedisError as exc:
+            logger.warning("Logout notes unreadable (%s): user sessions Redis lacks are written back regardless", exc)
+            return {}
 
     def _merge(self, counts: dict[str, int]) -> None:
         for name, value in counts.items():
@@ -199,7 +223,8 @@ class OutageLog:
         for key, pending in batch:
             if pending.op != SET or pending.payload is None or pending.expires is None:
                 continue
-            remaining = math.ceil(pending.expires - now)
+            # At most max_ttl: a wall clock stepped back must not make the TTL one the primary refuses.
+            remaining = min(math.ceil(pending.expires - now), self._max_ttl)
             if remaining <= 0:
                 counts["expired_in_memory"] += 1
                 continue
@@ -212,8 +237,9 @@ class OutageLog:
             return counts
         theirs = primary.get_many(list(mine))
         owners = {owner for key, (session, _) in mine.items() if key not in theirs and (owner := owner_of(session))}
-        logouts = primary.logouts(sorted(owners)) if owners else {}
+        logouts = self._logouts(primary, owners)
         winners: list[tuple[str, dict[str, Any], int | None]] = []
+        lost: list[tuple[str, dict[str, Any], int | None]] = []  # sessions Redis no longer holds
         for key, (session, remaining) in mine.items():
             held = theirs.get(key)
             theirs_at = _activity(held) if held is not None else None  # (parsed only when there is a conflict)
@@ -228,12 +254,14 @@ class OutageLog:
                 # this one was cut off: writing the session back would revive it, outside the user's index.
                 counts["gone_in_redis"] += 1
             else:
-                winners.append((key, session, remaining))
-        if winners:
-            # stamp=False: each keeps its own last_activity, the time of the outage write.
-            written = primary.set_many(winners, stamp=False)
-            counts["written_back"] += written
-            counts["expired_in_memory"] += len(winners) - written  # passed the lifetime cap meanwhile
+                (winners if held is not None else lost).append((key, session, remaining))
+        # stamp=False: each keeps its own last_activity, the time of the outage write. A user's session Redis lost
+        # (restarted empty, say) is listed in the user's index again, so that "log out everywhere" still finds it.
+        for sessions, index in ((winners, False), (lost, True)):
+            if sessions:
+                written = primary.set_many(sessions, stamp=False, index=index)
+                counts["written_back"] += written
+                counts["expired_in_memory"] += len(sessions) - written  # passed the lifetime cap meanwhile
         return counts
 
 

@@ -69,7 +69,7 @@ class RedisUserIndex:
         # later than any note made before it (a note is at most two max_ttl after the time it was made).
         self.kept: dict[str, int] = {}
 
-    def _expire_at(self, created: float) -> int:
+    def expire_at(self, created: float) -> int:
         """When the index must expire at the earliest, for an entry written now of a session created at ``created``."""
         end = time.time() + self._max_ttl
         if self._lifetime is not None:
@@ -111,7 +111,7 @@ class RedisUserIndex:
     def insert(self, session_id: str, payload: bytes, seconds: int, user_id: str, created: float) -> int | None:
         """Write a new session and its entry in one script; the index's size after it, or ``None`` if the id is
         taken."""
-        expire_at = self._expire_at(created)
+        expire_at = self.expire_at(created)
         count = self._insert(
             keys=[self._session_prefix + session_id, self.key(user_id)],
             args=[payload, seconds, created, session_id, expire_at],
@@ -140,7 +140,7 @@ class RedisUserIndex:
         keys = [self._session_prefix + old_id, self._session_prefix + new_id]
         if user_id is not None:
             keys.append(self.key(user_id))
-        expire_at = self._expire_at(created)
+        expire_at = self.expire_at(created)
         pipe.execute_command("EVAL", MOVE, len(keys), *keys, payload, seconds, created, old_id, new_id, expire_at)
         return expire_at
 
@@ -152,7 +152,7 @@ class RedisUserIndex:
 
     def add(self, user_id: str, session_id: str, created: float) -> None:
         """Index a session outside any script (in a cluster, for a session outside the index's slot)."""
-        index_key, expire_at = self.key(user_id), self._expire_at(created)
+        index_key, expire_at = self.key(user_id), self.expire_at(created)
         with self._client.pipeline(transaction=True) as pipe:
             pipe.execute_command("ZADD", index_key, created, session_id)
             pipe.execute_command("EXPIREAT", index_key, expire_at, "NX")

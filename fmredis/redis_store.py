@@ -32,6 +32,7 @@ _EXPIRE = redis_call("EXPIRE")
 _MGET = redis_call("MGET")
 _EXPIREAT = redis_call("EXPIREAT")
 _LOGOUTS = redis_call("ZMSCORE", read=True)
+_INDEXED = redis_call("ZADD")
 
 
 class RedisSessionStore(SessionStoreBase):
@@ -227,6 +228,26 @@ class RedisSessionStore(SessionStoreBase):
                     for command in commands:
                         pipe.execute_command(*command)
                     pipe.execute()
+
+    def _list_many(self, entries: list[tuple[str, str, float]]) -> None:
+        """``ZADD NX`` per entry, and the index's expiry pushed past the session's end as ``create`` does (``NX`` for
+        a new index, then ``GT``), in one round trip."""
+        index, commands = self._index, []
+        for user_id, session_id, created in entries:
+            key, expire_at = index.key(user_id), index.expire_at(created)
+            commands += [
+                ("ZADD", key, "NX", created, session_id),
+                ("EXPIREAT", key, expire_at, "NX"),
+                ("EXPIREAT", key, expire_at, "GT"),
+            ]
+        with _INDEXED:
+            if self._mux is not None:
+                self._mux.execute_many(commands)
+                return
+            with self._client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                pipe.execute()
 
     def _note_logout(self, user_id: str, at: float, keep: int, what: str) -> None:
         """One sorted set of user id -> logout time, ``"user-sessions:" + prefix``: the index prefix itself, which is

@@ -159,7 +159,8 @@ class ResilientRedisSessionStore(ISessionStore):
                 if self._current[1] != generation:  # a rebuild replaced this store meanwhile: not the server's fault
                     self.breaker.release()
                     attempt += 1
-                    if attempt >= limit:
+                    now = self._clock()
+                    if attempt >= limit or now + (now - attempt_started) - started > self._deadline:
                         raise StoreUnavailable(f"Redis unavailable after {attempt} attempt(s): {exc}") from exc
                     continue
                 self.breaker.record_failure()
@@ -234,9 +235,11 @@ class ResilientRedisSessionStore(ISessionStore):
     def delete_user_sessions(self, user_id: str) -> int:
         return self._call(lambda store: store.delete_user_sessions(user_id))
 
-    def set_many(self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True) -> int:
-        listed = list(items)  # an iterator must survive a retry; re-sending SETs is idempotent
-        return self._call(lambda store: store.set_many(listed, stamp=stamp))
+    def set_many(
+        self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True, index: bool = False
+    ) -> int:
+        listed = list(items)  # an iterator must survive a retry; re-sending SETs (and ZADD NX) is idempotent
+        return self._call(lambda store: store.set_many(listed, stamp=stamp, index=index))
 
     def logouts(self, user_ids: Iterable[str]) -> dict[str, float]:
         listed = list(user_ids)

@@ -61,12 +61,17 @@ class ISessionStore(abc.ABC):
         ``value`` past its lifetime removes the stored session and raises :class:`~fmredis.errors.SessionExpired`.
         """
 
-    def set_many(self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True) -> int:
+    def set_many(
+        self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True, index: bool = False
+    ) -> int:
         """Store several sessions, each ``(key, value, ttl)`` as :meth:`set` would, and return how many were stored (a
         session past its lifetime cap is removed instead and not counted, without raising).
 
-        The stores check and encode every item before writing any, and the Redis store sends them in one round trip
-        (not a transaction: a failure part-way may leave some written). This default calls :meth:`set` per item.
+        ``index=True`` also lists each stored session that has a ``user_id`` in that user's index (as ``create`` does,
+        scored by its ``created_at``), so that ``sessions_for_user`` and ``delete_user_sessions`` find it: the
+        fallback's write-back of sessions Redis lost. The stores check and encode every item before writing any, and
+        the Redis store sends them in one round trip (not a transaction: a failure part-way may leave some written).
+        This default calls :meth:`set` per item and lists nothing.
         """
         stored = 0
         for key, value, ttl in list(items):

@@ -109,6 +109,17 @@ class FakePrimary(ISessionStore):
     def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         return self._up("get_many").get_many(keys)
 
+    def set_many(
+        self, items: Iterable[tuple[str, dict[str, Any], int | None]], *, stamp: bool = True, index: bool = False
+    ) -> int:
+        """Through :meth:`set` item by item (so ``refused``, ``down_after_sets`` and ``on_set`` apply), then, with
+        ``index``, listed by ``inner``."""
+        listed = list(items)
+        stored = ISessionStore.set_many(self, listed, stamp=stamp)
+        if index:
+            self.inner.set_many(listed, stamp=stamp, index=True)
+        return stored
+
     def logouts(self, user_ids: Iterable[str]) -> dict[str, float]:
         return self._up("logouts").logouts(user_ids)
 

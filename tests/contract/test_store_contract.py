@@ -265,6 +265,16 @@ def test_set_many_without_stamp_keeps_last_activity(store: ISessionStore) -> Non
     assert store.get("a") == {"last_activity": OLD_STAMP}
 
 
+def test_set_many_with_index_lists_user_sessions_as_create_does(store: ISessionStore) -> None:
+    made = store.create("u9", {"n": 0})
+    assert store.set_many([("s1", {**SESSION, "user_id": "u9"}, None), ("s2", {"n": 1}, None)], index=True) == 2
+    assert store.sessions_for_user("u9") == ["s1", made]  # s1's created_at (an hour ago) orders it first
+    assert store.delete_user_sessions("u9") == 2
+    assert store.get("s1") is None and store.get("s2") is not None
+    assert store.set_many([("s3", {"user_id": "u8"}, None)]) == 1
+    assert store.sessions_for_user("u8") == []  # without index=True, as set: not listed
+
+
 @pytest.mark.parametrize(
     "bad", [("", {"v": 1}, None), ("k", ["not", "a", "dict"], None), ("k", {"v": 1}, 0), ("k", {"v": {1, 2}}, None)]
 )

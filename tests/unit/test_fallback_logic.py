@@ -18,6 +18,7 @@ from fmredis import (
     ISessionStore,
     ResilientRedisSessionStore,
     SessionTTLManager,
+    StoreError,
     StoreUnavailable,
     outage_log,
 )
@@ -289,3 +290,54 @@ def test_a_probe_through_the_breakers_gate_would_wait_out_its_cooldown(
     clock.advance(1.0)
     store.exists("anything")
     assert store.degraded  # refused by the open breaker: another probe interval lost
+
+
+def test_set_many_never_evicts_its_own_earlier_keys_to_make_room(clock: FakeClock) -> None:
+    primary = FakePrimary()
+    store = outage(primary, clock, max_entries=2)  # "first" pending: room for one more
+    with pytest.raises(StoreUnavailable, match="memory is full"):
+        store.set_many([("a", {"k": "a"}, None), ("b", {"k": "b"}, None), ("c", {"k": "c"}, None)])
+    assert store.pending == 1 and store.get("a") is None and store.get("first") is not None
+    recover(store, primary, clock)
+    assert [k for k in ("first", "a", "b", "c") if primary.exists(k)] == ["first"]
+
+
+def test_a_wall_clock_stepped_back_does_not_cost_a_full_length_session(clock: FakeClock) -> None:
+    wall = FakeClock(1_750_000_000.0)
+    primary = FakePrimary(InMemorySessionStore(wall_clock=wall))
+    store = outage(primary, clock)
+    store.set("long", {"v": 1}, ttl=86_400)  # the longest TTL there is
+    wall.now -= 5  # the wall clock steps back: 86,405 s "remain"
+    recover(store, primary, clock)
+    assert primary.get("long") is not None and store.last_recovery["written_back"] == 2  # type: ignore[index]
+
+
+def test_unreadable_logout_notes_write_the_users_sessions_back_with_a_warning(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary = FakePrimary()
+    store = outage(primary, clock)
+    store.set("login", {"user_id": "u1"})
+
+    def refused(user_ids: object) -> dict[str, float]:
+        raise StoreError("Redis ZMSCORE failed: NoPermissionError: NOPERM")
+
+    monkeypatch.setattr(primary, "logouts", refused)
+    with caplog.at_level(logging.WARNING, logger="fmredis"):
+        recover(store, primary, clock)
+    assert primary.get("login") is not None and store.last_recovery["failed"] == 0  # type: ignore[index]
+    assert any("Logout notes unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_a_user_logged_out_since_the_outage_began_is_not_revived_and_one_lost_by_redis_is_relisted(
+    clock: FakeClock,
+) -> None:
+    primary = FakePrimary()
+    store = outage(primary, clock)
+    store.set("a-of-u1", {"user_id": "u1"})
+    store.set("b-of-u2", {"user_id": "u2"})
+    primary.inner.delete_user_sessions("u1")  # another worker, still reaching Redis, logs u1 out meanwhile
+    recover(store, primary, clock)
+    assert not primary.exists("a-of-u1") and store.last_recovery["gone_in_redis"] == 1  # type: ignore[index]
+    assert primary.inner.sessions_for_user("u2") == ["b-of-u2"]  # listed again: "log out everywhere" finds it
+    assert primary.inner.delete_user_sessions("u2") == 1

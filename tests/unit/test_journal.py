@@ -152,3 +152,39 @@ def test_the_journal_file_is_a_plain_sqlite_database(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:  # an operator can read what is pending with the sqlite3 shell
         assert db.execute("SELECT key, op FROM changes").fetchall() == [("a", "delete")]
     journal.close()
+
+
+def test_a_key_given_twice_in_one_call_is_counted_once(tmp_path: Path) -> None:
+    journal = OutageJournal(tmp_path / "journal", max_bytes=10**6)
+    seqs = journal.record([("a", "set", b"x" * 100, 1.0), ("a", "set", b"x" * 10, 1.0)], 50.0)
+    assert journal.bytes == ROW_OVERHEAD + 11
+    journal.remove([("a", seqs[-1])])
+    assert journal.bytes == 0
+    journal.close()
+
+
+def test_a_journal_out_of_reach_is_an_error_and_is_not_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    OutageJournal(path, max_bytes=10**6).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")  # an operator's sqlite3 shell holds the file (5 s of waiting)
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("SELECT count(*) FROM changes").fetchall()
+    try:
+        with pytest.raises(JournalError, match="database is locked"):
+            OutageJournal(path, max_bytes=10**6)
+    finally:
+        holder.close()
+    assert not list(tmp_path.glob("journal.corrupt-*"))
+
+
+def test_the_journal_files_are_private(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        journal = OutageJournal(tmp_path / "journal", max_bytes=10**6)
+        journal.record([("a", "delete", None, None)], 50.0)
+    finally:
+        os.umask(previous)
+    for name in ("journal", "journal-wal", "journal-shm", "journal.lock"):
+        assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
+    journal.close()

@@ -713,3 +713,14 @@ def test_demote_makes_a_key_the_next_to_go_and_put_entry_restores_a_peeked_one()
     assert store.get("a") == {"k": "a", "last_activity": ANY}
     store.put_entry("a", None)
     assert store.peek_entry("a") is None
+
+
+def test_clear_removes_every_session_and_the_user_index() -> None:
+    store = InMemorySessionStore(max_entries=3)
+    first = store.create("u1", {"n": 1})
+    store.set("plain", {"n": 2})
+    store.clear()
+    assert len(store) == 0 and store.get("plain") is None and store.sessions_for_user("u1") == []
+    assert store.get(first) is None
+    store.set("again", {"n": 3})  # still usable
+    assert store.get("again") == {"n": 3, "last_activity": ANY}
