@@ -298,12 +298,18 @@ class FallbackSessionStore(ISessionStore):
         memory = self._memory
         self._writing = frozenset(key for key, op in changes if op == SET)
         try:
-            result = call(memory)
+            try:
+                result = call(memory)
+            except SessionNotFound:  # memory's own answer (a session at its lifetime cap removed): it stands
+                self._writing = frozenset()
+                raise
             recorded: list[tuple[str, str, bytes | None, int]] = []
             for key, op in changes:
                 entry = memory.peek_entry(key) if op == SET else None
                 recorded.append((key, SET, *entry) if entry is not None else (key, DELETE, None, 0))
             self._log.mark(recorded)
+        except SessionNotFound:
+            raise
         except BaseException:
             for key, entry in before:
                 memory.put_entry(key, entry)

@@ -230,16 +230,18 @@ class RedisSessionStore(SessionStoreBase):
                     pipe.execute()
 
     def _list_many(self, entries: list[tuple[str, str, float]]) -> None:
-        """``ZADD NX`` per entry, and the index's expiry pushed past the session's end as ``create`` does (``NX`` for
-        a new index, then ``GT``), in one round trip."""
-        index, commands = self._index, []
+        """One ``ZADD NX`` per user with all its entries, and the index's expiry pushed past its newest session's end
+        as ``create`` does (``NX`` for a new index, then ``GT``), in one round trip."""
+        index = self._index
+        by_user: dict[str, list[tuple[str, float]]] = {}
         for user_id, session_id, created in entries:
-            key, expire_at = index.key(user_id), index.expire_at(created)
-            commands += [
-                ("ZADD", key, "NX", created, session_id),
-                ("EXPIREAT", key, expire_at, "NX"),
-                ("EXPIREAT", key, expire_at, "GT"),
-            ]
+            by_user.setdefault(user_id, []).append((session_id, created))
+        commands: list[tuple[Any, ...]] = []
+        for user_id, sessions in by_user.items():
+            key, expire_at = index.key(user_id), index.expire_at(max(created for _sid, created in sessions))
+            members = [part for session_id, created in sessions for part in (created, session_id)]
+            commands += [("ZADD", key, "NX", *members), ("EXPIREAT", key, expire_at, "NX")]
+            commands.append(("EXPIREAT", key, expire_at, "GT"))
         with _INDEXED:
             if self._mux is not None:
                 self._mux.execute_many(commands)
