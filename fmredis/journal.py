@@ -38,6 +38,9 @@ Change = tuple[str, str, "bytes | None", "float | None", float, int]
 #: Commits between checkpoints (a few pages each: the WAL stays within a few MiB).
 _CHECKPOINT_EVERY = 200
 
+#: WAL bytes past which the checkpointer makes the WAL start over.
+_WAL_RESTART = 16 * 2**20
+
 _INSERT = "INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 _SCHEMA = """
@@ -49,7 +52,7 @@ CREATE TABLE IF NOT EXISTS changes (
     at REAL NOT NULL,
     seq INTEGER NOT NULL,
     size INTEGER NOT NULL
-)
+) WITHOUT ROWID
 """
 
 
@@ -134,6 +137,7 @@ class OutageJournal:
             # writer every 1,000 pages, they stalled an outage write for 10-30 ms. The WAL is cut back to 4 MiB after.
             db.execute("PRAGMA wal_autocheckpoint=0")
             db.execute(f"PRAGMA journal_size_limit={4 * 2**20}")
+            db.execute("PRAGMA page_size=1024")  # (a new file only) a change is one small page: a small WAL
             db.execute(_SCHEMA)
             rows = db.execute("SELECT key, op, payload, expires, at, seq, size FROM changes ORDER BY seq").fetchall()
             # The scan above reads the table, not its key index: a damaged index would fail every later write.
@@ -208,8 +212,13 @@ class OutageJournal:
                 self._wake.clear()
                 if self._closing:
                     return
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(sqlite3.Error, OSError):
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    # A WAL only starts over once a checkpoint caught up between two writes, which a steady stream
+                    # of outage writes may never allow: past _WAL_RESTART, one RESTART checkpoint makes it (it waits
+                    # for the writer, briefly: the frames are copied already).
+                    if os.path.getsize(self.path + "-wal") > _WAL_RESTART:
+                        db.execute("PRAGMA wal_checkpoint(RESTART)")
         finally:
             db.close()
 

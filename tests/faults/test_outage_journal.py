@@ -577,15 +577,18 @@ def test_the_journal_is_not_readable_by_other_users(server: RedisServer, tmp_pat
 
 
 def corrupt_index(path: Path) -> None:
-    """Overwrite the root page of the journal's key index (the table's own pages stay readable)."""
+    """Damage the journal where a scan of its table does not look: the free-list pointers in the file's header (a
+    first free-list trunk page far past the end of the file), so that only SQLite's integrity check sees it."""
     db = sqlite3.connect(path)
-    page_size = db.execute("PRAGMA page_size").fetchone()[0]
-    (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name LIKE 'sqlite_autoindex_changes%'").fetchone()
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     with open(path, "r+b") as handle:
-        handle.seek((root - 1) * page_size)
-        handle.write(b"\xde\xad" * (page_size // 2))
+        handle.seek(32)
+        handle.write((999_999).to_bytes(4, "big") + (5).to_bytes(4, "big"))
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT count(*) FROM changes").fetchone()[0] > 0  # the table still reads ...
+    assert check.execute("PRAGMA quick_check(1)").fetchone() != ("ok",)  # ... but the file is damaged
+    check.close()
 
 
 def test_a_journal_with_a_corrupt_index_is_moved_aside_too(server: RedisServer, tmp_path: Path) -> None:
