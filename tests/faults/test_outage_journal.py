@@ -84,7 +84,9 @@ def journal_rows(path: Path) -> int:
 
 THREADS = 12
 PERIOD = 0.005  # each thread starts a write every 5 ms on a fixed schedule: 2,400 writes/s offered
-MIN_RATE = 1_500
+# 2,200-2,400/s are achieved here; the floor only says the load did not collapse (writers stuck behind a lock or a
+# frozen server would), with room for a slow machine: not a timing target (benchmarks/outage.py reports the rate).
+MIN_RATE = 1_000
 
 
 class ScheduledWriters:

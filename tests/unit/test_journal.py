@@ -149,8 +149,11 @@ def test_the_journal_file_is_a_plain_sqlite_database(tmp_path: Path) -> None:
     path = tmp_path / "journal"
     journal = OutageJournal(path, max_bytes=10**6)
     journal.record([("a", "delete", None, None)], 50.0)
-    with sqlite3.connect(path) as db:  # an operator can read what is pending with the sqlite3 shell
+    db = sqlite3.connect(path)  # an operator can read what is pending with the sqlite3 shell
+    try:
         assert db.execute("SELECT key, op FROM changes").fetchall() == [("a", "delete")]
+    finally:
+        db.close()
     journal.close()
 
 
