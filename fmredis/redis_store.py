@@ -212,6 +212,17 @@ class RedisSessionStore(SessionStoreBase):
         with _SET:
             self._execute("SET", self._prefix + key, payload, "EX", seconds)
 
+    def _pipelined(self, commands: list[tuple[Any, ...]]) -> None:
+        """``commands`` in one round trip, not a transaction: on the multiplexer, or a redis-py pipeline (a cluster
+        client's splits them by node). The first error reply is raised, after all of them ran."""
+        if self._mux is not None:
+            self._mux.execute_many(commands)
+            return
+        with self._client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            pipe.execute()
+
     def _write_many(self, writes: list[tuple[str, bytes, int]]) -> None:
         """``SET EX`` per session, ``batch_size`` a round trip (pipelined, not a transaction)."""
         prefix = self._prefix
@@ -221,13 +232,7 @@ class RedisSessionStore(SessionStoreBase):
                     ("SET", prefix + key, payload, "EX", seconds)
                     for key, payload, seconds in writes[start : start + self._batch_size]
                 ]
-                if self._mux is not None:
-                    self._mux.execute_many(commands)
-                    continue
-                with self._client.pipeline(transaction=False) as pipe:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    pipe.execute()
+                self._pipelined(commands)
 
     def _list_many(self, entries: list[tuple[str, str, float]]) -> None:
         """One ``ZADD NX`` per user with all its entries, and the index's expiry pushed past its newest session's end
@@ -243,13 +248,7 @@ class RedisSessionStore(SessionStoreBase):
             commands += [("ZADD", key, "NX", *members), ("EXPIREAT", key, expire_at, "NX")]
             commands.append(("EXPIREAT", key, expire_at, "GT"))
         with _INDEXED:
-            if self._mux is not None:
-                self._mux.execute_many(commands)
-                return
-            with self._client.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                pipe.execute()
+            self._pipelined(commands)
 
     def _note_logout(self, user_id: str, at: float, keep: int, what: str) -> None:
         """One sorted set of user id -> logout time, ``"user-sessions:" + prefix``: the index prefix itself, which is
@@ -262,13 +261,7 @@ class RedisSessionStore(SessionStoreBase):
             ("EXPIRE", key, keep),
         ]
         with redis_call(what):
-            if self._mux is not None:
-                self._mux.execute_many(commands)
-                return
-            with self._client.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                pipe.execute()
+            self._pipelined(commands)
 
     def _logouts(self, user_ids: list[str]) -> list[float | None]:
         with _LOGOUTS:
