@@ -298,17 +298,13 @@ class FallbackSessionStore(ISessionStore):
         memory = self._memory
         self._writing = frozenset(key for key, op in changes if op == SET)
         try:
-            try:
-                result = call(memory)
-            except SessionNotFound:  # memory's own answer (a session at its lifetime cap removed): it stands
-                self._writing = frozenset()
-                raise
+            result = call(memory)
             recorded: list[tuple[str, str, bytes | None, int]] = []
             for key, op in changes:
                 entry = memory.peek_entry(key) if op == SET else None
                 recorded.append((key, SET, *entry) if entry is not None else (key, DELETE, None, 0))
             self._log.mark(recorded)
-        except SessionNotFound:
+        except SessionNotFound:  # memory's own answer (a session at its lifetime cap removed): it stands
             raise
         except BaseException:
             for key, entry in before:
@@ -435,14 +431,6 @@ class FallbackSessionStore(ISessionStore):
         finally:
             if self._journal is not None:
                 self._journal.close()
-
-
-def _both(first: Callable[[str], None], then: Callable[[str], None]) -> Callable[[str], None]:
-    def both(key: str) -> None:
-        first(key)
-        then(key)
-
-    return both
 
 
 def _rules_text(rules: TTLRules) -> str:
