@@ -17,6 +17,11 @@ SUITE_DEPS = [
     "hypothesis>=6",
     "matplotlib>=3.7",
     "trustme>=1.1",  # throwaway CA and certificates for the TLS tests
+    # The framework integrations (fmredis.contrib), their tests and the web load test (which compares Flask-Session).
+    "django>=4.2",
+    "flask>=2.3",
+    "Flask-Session>=0.8",
+    "waitress>=3",
 ]
 
 setup(
@@ -37,9 +42,13 @@ setup(
         # One list for both: the benchmarks also run (once each, untimed) inside the test suite.
         "test": SUITE_DEPS,
         "bench": SUITE_DEPS,
+        # The framework integrations: SESSION_ENGINE = "fmredis.contrib.django", fmredis.contrib.flask.
+        "django": ["django>=4.2"],
+        "flask": ["flask>=2.3"],
         "lint": ["ruff>=0.5"],
         "type": ["mypy>=1.10"],
     },
+    entry_points={"console_scripts": ["fmredis = fmredis.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",

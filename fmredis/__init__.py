@@ -26,7 +26,7 @@ from fmredis.store import ISessionStore
 from fmredis.ttl_policy import SessionTTLManager
 from fmredis.ttl_rules import TTLRules
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "MAX_KEY_LENGTH",

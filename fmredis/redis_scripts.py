@@ -1,4 +1,4 @@
-"""The Lua scripts that make ``create`` and ``regenerate`` all or nothing.
+"""The Lua scripts that make ``create`` and ``regenerate`` all or nothing, and ``update``'s compare-and-set.
 
 A script that fails half-way keeps what it already wrote, so each one checks, before its first write, everything that
 could refuse a later command: the type of every key (``WRONGTYPE``) and the ACL permission of every command it will run
@@ -8,7 +8,7 @@ could refuse a later command: the type of every key (``WRONGTYPE``) and the ACL 
 
 from __future__ import annotations
 
-__all__ = ["INSERT", "MOVE"]
+__all__ = ["COMPARE_AND_SET", "INSERT", "MOVE"]
 
 _HELPERS = """
 local function wrong_type(key, kind)
@@ -71,3 +71,14 @@ end
 return 1
 """
 )
+
+#: KEYS: session. ARGV: the SHA-1 (hex) of the bytes the update read, the new payload, seconds (0: remove). Writes
+#: only if the key still holds those bytes; returns 1, or 0 if another writer got in first (nothing written), a key of
+#: another type included (the retry then reads it as missing, as after a WATCH).
+COMPARE_AND_SET = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
+local current = redis.call('GET', KEYS[1])
+if not current or redis.sha1hex(current) ~= ARGV[1] then return 0 end
+if ARGV[3] == '0' then redis.call('UNLINK', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+return 1
+"""

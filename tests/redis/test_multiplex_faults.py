@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -233,6 +234,46 @@ def test_the_store_raises_store_unavailable_when_the_retry_fails_too(server: Red
     assert str(write.error).startswith("Redis SET failed: ConnectionError: "), str(write.error)
 
     assert store.get("s1")["n"] == 1  # type: ignore[index]  # and it recovers
+
+
+def test_an_update_whose_compare_and_set_reply_is_lost_raises_outcome_unknown_and_is_applied_once(
+    server: RedisServer, proxy: TcpProxy
+) -> None:
+    """The script ran on the server and its reply was lost with the connection: never re-sent (a re-sent
+    compare-and-set would lose to itself and run fn again), so update raises "outcome unknown" with fn applied once."""
+    store = RedisSessionStore(redis.Redis(connection_pool=make_pool(server, port=proxy.port)))
+    store.set("counter", {"n": 0})
+    store.update("counter", lambda s: {**s, "n": s["n"]})  # the script is cached on the server: one EVALSHA below
+    calls: list[int] = []
+
+    def increment(session: dict[str, Any]) -> dict[str, Any]:
+        calls.append(1)
+        return {**session, "n": session["n"] + 1}
+
+    probe = server.client()
+    try:
+        probe.client_pause(5000, all=False)  # write commands (scripts included) wait on the server; the GET does not
+        thread, updated = call_in_thread(lambda: store.update("counter", increment))
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # fn ran: the EVALSHA has reached the server, which holds it
+        proxy.blackhole()  # its reply will be dropped
+        probe.client_unpause()
+        deadline = time.monotonic() + 5
+        while orjson.loads(probe.get("session:counter"))["n"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proxy.pass_through()
+        for client_id in named_clients(server):
+            probe.client_kill_filter(_id=str(client_id))  # the connection drops with the reply lost
+        join([thread])
+        assert isinstance(updated.error, StoreUnavailable), updated.error
+        assert "outcome is unknown" in str(updated.error)
+        assert calls == [1]
+        assert orjson.loads(probe.get("session:counter"))["n"] == 1  # applied once
+    finally:
+        probe.close()
+    assert store.update("counter", increment)["n"] == 2  # and the store works on afterwards
 
 
 def test_a_delete_whose_reply_is_lost_on_the_network_is_re_sent(server: RedisServer, proxy: TcpProxy) -> None:

@@ -1,6 +1,7 @@
 """What ``close()`` and ``rebuild()`` release: idle connections only. Cutting a connection another thread is using
 makes redis-py reconnect it silently, and an ``update`` whose ``WATCH`` was on it would then overwrite a concurrent
-write without noticing. Real Redis, real threads; the naive release is shown losing the write."""
+write without noticing. Real Redis, real threads; the naive release is shown losing the write. ``update`` watches only
+with pipelining off (and in a cluster); on the multiplexer it compares and sets, which no cut connection can fool."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def given_client(redis_url: str, raw: redis.Redis) -> redis.Redis:
 
 @pytest.mark.parametrize("naive", [False, True], ids=["rebuild", "naive: disconnect all"])
 def test_rebuild_during_an_update_keeps_its_watch(given_client: redis.Redis, raw: redis.Redis, naive: bool) -> None:
-    store = RedisSessionStore(given_client)
+    store = RedisSessionStore(given_client, pipelining=False)
     release = given_client.connection_pool.disconnect if naive else store.rebuild
     fn, items = race(store, raw, release)  # type: ignore[arg-type]
     if naive:  # the WATCH went with the cut connection: the EXEC ran on a new one and overwrote "pear"
@@ -72,12 +73,41 @@ def test_closing_a_store_that_owns_its_pool_during_an_update_keeps_its_watch(
 ) -> None:
     # Built like Sentinel's master_for: a client that owns its pool, so that client.close() disconnects all of it.
     client = redis.Redis.from_pool(build_connection_pool(resolve_settings(url=redis_url, environ={})))
-    store = RedisSessionStore(client, owns_client=True)
+    store = RedisSessionStore(client, owns_client=True, pipelining=False)
     fn, items = race(store, raw, client.close if naive else store.close)
     if naive:
         assert (fn.calls, items) == (1, ["apple"])
     else:
         assert (fn.calls, items) == (2, ["pear", "apple"])
+
+
+def test_a_compare_and_set_update_is_not_fooled_by_the_naive_disconnect(
+    given_client: redis.Redis, raw: redis.Redis
+) -> None:
+    # The release that made the watching update overwrite "pear" above: the compare-and-set update either sees the
+    # conflict (fn runs again) or reports an unknown outcome for its cut connection; "pear" is never overwritten.
+    store = RedisSessionStore(given_client)
+    assert store.pipelined
+    errors: list[BaseException] = []
+
+    def update(key: str, fn: Paused) -> None:
+        try:
+            store.update(key, fn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    store.set("cart", {"items": []})
+    fn = Paused("apple")
+    worker = threading.Thread(target=update, args=("cart", fn))
+    worker.start()
+    assert fn.inside.wait(10)
+    given_client.connection_pool.disconnect()
+    raw.set("session:cart", orjson.dumps({"items": ["pear"]}), ex=600)
+    fn.go_on.set()
+    worker.join(10)
+    items = orjson.loads(raw.get("session:cart"))["items"]
+    assert items[0] == "pear"
+    assert (items, fn.calls) == (["pear", "apple"], 2) or (items == ["pear"] and len(errors) == 1)
 
 
 def _named(raw: redis.Redis, name: str) -> int:

@@ -385,12 +385,13 @@ def test_update_raises_update_conflict_when_every_attempt_loses(
 
     def meddling(session: dict[str, Any]) -> dict[str, Any]:
         calls.append(1)
-        raw.set("session:k", orjson.dumps({"owner": "raw"}))  # writes the WATCHed key: EXEC must refuse
+        # Writes the key after the read (new bytes each time): the compare-and-set (or the WATCH) must refuse.
+        raw.set("session:k", orjson.dumps({"owner": "raw", "write": len(calls)}))
         return {**session, "owner": "fn"}
 
     with pytest.raises(UpdateConflict):
         store.update("k", meddling)
-    assert orjson.loads(raw.get("session:k")) == {"owner": "raw"}  # type: ignore[arg-type]
+    assert orjson.loads(raw.get("session:k")) == {"owner": "raw", "write": attempts}  # type: ignore[arg-type]
     assert len(calls) == attempts
     assert store.stats()["conflicts"] == attempts
 
@@ -639,9 +640,11 @@ def stored_n(raw: redis.Redis, key: str) -> int:
 
 @pytest.mark.parametrize("resilient", [False, True], ids=["store", "resilient"])
 def test_an_update_whose_exec_reply_is_lost_raises_store_unavailable_and_is_applied_once(
-    redis_store: RedisSessionStore, raw: redis.Redis, reply_lost: ReplyLost, resilient: bool
+    client: redis.Redis, raw: redis.Redis, reply_lost: ReplyLost, resilient: bool
 ) -> None:
-    """The EXEC ran, but the client cannot know: retrying would apply fn twice, so the outcome is reported unknown."""
+    """The EXEC ran, but the client cannot know: retrying would apply fn twice, so the outcome is reported unknown.
+    (Without pipelining update watches; the compare-and-set's lost reply is in tests/redis/test_multiplex_faults.py.)"""
+    redis_store = RedisSessionStore(client, pipelining=False)
     store = ResilientRedisSessionStore(lambda: redis_store) if resilient else redis_store
     redis_store.set("counter", {"n": 0})
     fn = Increment()
@@ -970,3 +973,21 @@ def test_counting_is_exact_across_threads(redis_store: RedisSessionStore) -> Non
     assert after["ops"] - before["ops"] == 4000
     assert after["hits"] - before["hits"] == 4000
     assert after["misses"] == before["misses"]
+
+
+def test_an_update_that_finds_its_key_turned_into_another_type_reads_it_as_missing(
+    client: redis.Redis, raw: redis.Redis
+) -> None:
+    # Between the update's read and its write: the compare-and-set refuses (as EXEC after a WATCH would), and the
+    # retry reads a key of another type as missing, instead of failing on the script's GET with WRONGTYPE.
+    store = RedisSessionStore(client)
+    store.set("k", {"n": 1})
+
+    def meddling(session: dict[str, Any]) -> dict[str, Any]:
+        raw.delete("session:k")
+        raw.hset("session:k", "a", "1")
+        return session
+
+    with pytest.raises(SessionNotFound):
+        store.update("k", meddling)
+    assert raw.type("session:k") == b"hash"  # left in place
