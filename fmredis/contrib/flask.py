@@ -27,7 +27,7 @@ from flask.sessions import SecureCookieSession, SessionInterface
 from itsdangerous import BadSignature, Signer
 
 from fmredis.client import create_redis_client
-from fmredis.contrib.web import WebSessions, changes, snapshot
+from fmredis.contrib.web import WebSessions, snapshot
 from fmredis.errors import SessionNotFound
 from fmredis.lifecycle import new_session_id
 from fmredis.redis_store import RedisSessionStore
@@ -182,13 +182,11 @@ class FmRedisSessionInterface(SessionInterface):
             web.create(sid, data, ttl)
             session.sid, session.before = sid, snapshot(data)  # only once stored: an error response saves again
         else:
-            changed, deleted = changes(session.before, data)
-            if changed or deleted:
-                try:
-                    session.before = web.save(session.sid, session.before, data, ttl)
-                except SessionNotFound:  # logged out by a concurrent request: not resurrected, the cookie goes
-                    response.delete_cookie(name, **cookie)
-                    return
+            try:  # nothing changed: no round trip (the load's GETEX already restarted the expiry)
+                session.before = web.save(session.sid, session.before, data, ttl, touch=False)
+            except SessionNotFound:  # logged out by a concurrent request: not resurrected, the cookie goes
+                response.delete_cookie(name, **cookie)
+                return
         if not (session.new or self.should_set_cookie(app, session)):
             return
         signer = self._signer(app)

@@ -64,9 +64,16 @@ def changes(before: Mapping[str, bytes], data: Mapping[str, Any]) -> tuple[dict[
     """What ``data`` changed since ``before`` (a :func:`snapshot`): the keys set to a new value (compared as JSON, so a
     list changed in place counts) and the keys deleted. Raises :class:`SerializationError` naming the first key whose
     value is not JSON."""
-    changed = {key: value for key, value in data.items() if before.get(key) != _encoded(key, value)}
-    deleted = [key for key in before if key not in data]
+    changed, deleted, _after = _diff(before, data)
     return changed, deleted
+
+
+def _diff(before: Mapping[str, bytes], data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], dict[str, bytes]]:
+    """:func:`changes`, plus ``data``'s own snapshot from the same encoding pass (each value is encoded once)."""
+    after = snapshot(data)
+    changed = {key: data[key] for key, encoded in after.items() if before.get(key) != encoded}
+    deleted = [key for key in before if key not in after]
+    return changed, deleted, after
 
 
 def _merged(changed: dict[str, Any], deleted: list[str], user_id: str | None) -> Callable[[dict[str, Any]], Any]:
@@ -156,26 +163,35 @@ class WebSessions:
         return True
 
     def save(
-        self, key: str, before: Mapping[str, bytes], data: Mapping[str, Any], ttl: int, *, user_id: str | None = None
+        self,
+        key: str,
+        before: Mapping[str, bytes],
+        data: Mapping[str, Any],
+        ttl: int,
+        *,
+        user_id: str | None = None,
+        touch: bool = True,
     ) -> dict[str, bytes]:
         """Write what ``data`` changed since ``before`` into the stored session (merged atomically) with ``ttl``, and
         return the new snapshot. With ``user_id``, the session is marked as that user's (see :meth:`regenerate`).
 
-        Nothing changed: no write, one ``touch`` to apply ``ttl``. Raises :class:`~fmredis.SessionNotFound` when the
-        session is gone (deleted by a concurrent logout, or expired): it is never recreated.
+        Nothing changed: no write; one ``touch`` applies ``ttl`` and checks that the session still exists, unless
+        ``touch=False`` (the load's refresh already restarted the expiry: no round trip at all). Raises
+        :class:`~fmredis.SessionNotFound` when the session is gone (deleted by a concurrent logout, or expired): it is
+        never recreated.
         """
         check_key(key)
-        changed, deleted = changes(before, data)
+        changed, deleted, after = _diff(before, data)
         if ttl <= 0:
             self.store.delete(key)
-            return snapshot(data)
+            return after
         seconds = self._capped(ttl)
         if changed or deleted or user_id is not None:
             checked = None if user_id is None else check_user_id(user_id)
             self.store.update(key, _merged(changed, deleted, checked), seconds)
-        elif not self.store.touch(key, seconds):
+        elif touch and not self.store.touch(key, seconds):
             raise SessionNotFound(f"No session {session_ref(key)} to save: nothing was written.")
-        return snapshot(data)
+        return after
 
     def delete(self, key: object) -> None:
         """Remove the session under ``key`` (nothing to do for an invalid key)."""
