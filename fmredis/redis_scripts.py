@@ -76,9 +76,9 @@ return 1
 #: only if the key still holds those bytes; returns 1, or 0 if another writer got in first (nothing written), a key of
 #: another type included (the retry then reads it as missing, as after a WATCH).
 COMPARE_AND_SET = """
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
-local current = redis.call('GET', KEYS[1])
-if not current or redis.sha1hex(current) ~= ARGV[1] then return 0 end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' or redis.sha1hex(redis.call('GET', KEYS[1])) ~= ARGV[1] then
+  return 0
+end
 if ARGV[3] == '0' then redis.call('UNLINK', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
 return 1
 """

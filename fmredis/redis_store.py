@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError, WatchError
 
 from fmredis.backend import Transaction
 from fmredis.client import RedisClient, create_redis_client
 from fmredis.config import RedisSettings, resolve_settings
 from fmredis.core import SessionStoreBase, conflict_pause
 from fmredis.multiplex import Multiplexer
-from fmredis.redis_errors import lost_connection, redis_call
+from fmredis.redis_errors import redis_call
 from fmredis.redis_index import RedisUserIndex, watched
-from fmredis.redis_scripts import COMPARE_AND_SET
+from fmredis.redis_transactions import ComparedSession, WatchedSession
 from fmredis.ttl_policy import SessionTTLManager
 
 __all__ = ["RedisSessionStore"]
@@ -35,9 +33,6 @@ _MGET = redis_call("MGET")
 _EXPIREAT = redis_call("EXPIREAT")
 _LOGOUTS = redis_call("ZMSCORE", read=True)
 _INDEXED = redis_call("ZADD")
-_CAS = redis_call("update")
-_CAS_READ = redis_call("update", read=True)  # errors name the call, as the WATCH path's do
-_CAS_SHA = hashlib.sha1(COMPARE_AND_SET.encode()).hexdigest()
 
 
 class RedisSessionStore(SessionStoreBase):
@@ -327,29 +322,17 @@ class RedisSessionStore(SessionStoreBase):
 
     @contextlib.contextmanager
     def _transaction(self, what: str, key: str) -> Iterator[Transaction]:
-        """``WATCH`` the key on a pipeline of its own; commits are ``MULTI``/``EXEC``, which Redis refuses if anyone
-        wrote the key since the ``WATCH``. A server-side script could not run ``update``'s ``fn``, and a lock would
-        leave the session locked if this process died holding it."""
-        if what == "update" and self._mux is not None:
-            # On the shared connection: a GET, then a script that writes only if the key still holds what was read.
-            # WATCH needs a pooled connection and redis-py's pipeline, about 3.5 times the CPU of an update this way.
-            # Only on the multiplexer, which never re-sends a script whose reply was lost (redis-py's retries and a
-            # cluster client's could, and a re-sent compare-and-set that lost to itself would apply fn twice).
-            yield _ComparedSession(self, key)
-            return
+        """``update`` on the multiplexer: a ``GET``, then a script that writes only if the key still holds what was read
+        (:class:`~fmredis.redis_transactions.ComparedSession`). Otherwise ``WATCH`` the key on a pipeline of its own;
+        commits are ``MULTI``/``EXEC``, which Redis refuses if anyone wrote the key since the ``WATCH``. A server-side
+        script could not run ``update``'s ``fn``, and a lock would leave the session locked if this process died
+        holding it."""
         full_key = self._prefix + key
+        if what == "update" and self._mux is not None:
+            yield ComparedSession(self._mux, full_key)
+            return
         with redis_call(what), watched(self._client, full_key) as pipe:
-            yield _WatchedSession(self, pipe, key)
-
-    def _compare_and_set(self, key: str, expected: str, payload: bytes, seconds: int) -> bool:
-        """Write ``payload`` (``seconds`` 0: remove) if ``key`` still holds the bytes whose SHA-1 is ``expected``."""
-        assert self._mux is not None
-        args = (1, self._prefix + key, expected, payload, seconds)
-        with _CAS:
-            try:
-                return int(self._mux.execute("EVALSHA", _CAS_SHA, *args)) == 1
-            except NoScriptError:  # not cached on this server yet (or flushed): it did not run
-                return int(self._mux.execute("EVAL", COMPARE_AND_SET, *args)) == 1
+            yield WatchedSession(self._index, pipe, key, full_key)
 
     def _new_id(self, user_id: str) -> str:
         return self._index.session_id_for(user_id, super()._new_id(user_id))
@@ -378,78 +361,6 @@ class RedisSessionStore(SessionStoreBase):
         if expire_at is not None:
             with _EXPIREAT:
                 self._index.push_expiry(user_id, expire_at)
-
-
-class _ComparedSession:
-    """A :class:`~fmredis.core.Transaction` for ``update`` on the multiplexer: ``read`` is a plain ``GET``, ``write`` a
-    compare-and-set against the SHA-1 of what it read (:data:`~fmredis.redis_scripts.COMPARE_AND_SET`)."""
-
-    def __init__(self, store: RedisSessionStore, key: str) -> None:
-        self._store, self._key, self._expected = store, key, ""
-
-    def read(self) -> bytes | None:
-        store = self._store
-        with _CAS_READ:
-            payload: bytes | None = store._execute("GET", store._prefix + self._key)
-        if payload is not None:
-            self._expected = hashlib.sha1(payload).hexdigest()
-        return payload
-
-    def write(self, payload: bytes, seconds: int) -> bool:
-        return self._store._compare_and_set(self._key, self._expected, payload, seconds)
-
-    def move(self, new_id: str, payload: bytes, seconds: int, user_id: str | None, created: float) -> bool:
-        raise NotImplementedError("regenerate runs on a WATCH transaction")
-
-
-class _WatchedSession:
-    """A :class:`~fmredis.core.Transaction` on a redis-py pipeline that ``WATCH``es the session's key."""
-
-    def __init__(self, store: RedisSessionStore, pipe: Any, key: str) -> None:
-        self._store, self._pipe, self._key = store, pipe, key
-        self._full_key = store.prefix + key
-
-    def read(self) -> bytes | None:
-        with _GET:
-            return self._pipe.execute_command("GET", self._full_key)  # type: ignore[no-any-return]
-
-    def write(self, payload: bytes, seconds: int) -> bool:
-        pipe = self._pipe
-        pipe.multi()
-        if seconds:
-            pipe.execute_command("SET", self._full_key, payload, "EX", seconds)
-        else:
-            pipe.execute_command("UNLINK", self._full_key)
-        return self._commit() is not None
-
-    def move(self, new_id: str, payload: bytes, seconds: int, user_id: str | None, created: float) -> bool:
-        index = self._store._index
-        inside = index.in_script(new_id, user_id)
-        if user_id is not None and not inside and seconds:
-            # A cluster session outside its user's slot: list the new id first, so that no outcome of the move leaves
-            # the moved session unlisted (an entry of an id never written is pruned by the next listing).
-            index.add(user_id, new_id, created)
-        self._pipe.multi()
-        expire_at = index.queue_move(
-            self._pipe, self._key, new_id, payload, seconds, user_id if inside else None, created
-        )
-        replies = self._commit()
-        moved = replies is not None and int(replies[0]) == 1
-        if moved and user_id is not None:
-            if inside:
-                index.noted(user_id, expire_at)
-            else:
-                index.forget_quietly(user_id, [self._key])
-        return moved
-
-    def _commit(self) -> list[Any] | None:
-        """``EXEC``'s replies, or ``None`` if the session changed since the ``WATCH`` (the race was lost)."""
-        try:
-            return self._pipe.execute()  # type: ignore[no-any-return]
-        except WatchError as exc:
-            if lost_connection(exc):  # EXEC may or may not have run: the guard reports "outcome unknown"
-                raise
-            return None
 
 
 def _release(client: RedisClient) -> None:
