@@ -37,28 +37,23 @@ from django.http import HttpResponse
 from django.utils.crypto import get_random_string
 from django.utils.module_loading import import_string
 
-from fmredis.client import create_redis_client
 from fmredis.contrib.web import AnotherUsersSession, WebSessions, snapshot
 from fmredis.errors import SessionNotFound, StoreUnavailable
-from fmredis.redis_store import RedisSessionStore
 from fmredis.store import ISessionStore
 
 __all__ = ["SessionMiddleware", "SessionStore", "get_store", "reset_store"]
-
-#: The longest TTL the default store accepts: a year, so that ``set_expiry`` of months is stored as asked.
-_MAX_TTL = 366 * 86_400
 
 _lock = threading.Lock()
 _sessions: WebSessions | None = None
 
 
-def _build() -> ISessionStore:
+def _build() -> WebSessions:
     factory = getattr(settings, "FMREDIS_SESSION_STORE", None)
     if factory is not None:
         made = (import_string(factory) if isinstance(factory, str) else factory)()
         if not isinstance(made, ISessionStore):
             raise ImproperlyConfigured(f"FMREDIS_SESSION_STORE returned {type(made).__name__}, not an ISessionStore")
-        return made
+        return WebSessions(made)
     options = getattr(settings, "FMREDIS_REDIS", None) or {}
     if not isinstance(options, dict):
         raise ImproperlyConfigured("FMREDIS_REDIS must be a dict of create_redis_client() keyword arguments")
@@ -66,8 +61,7 @@ def _build() -> ISessionStore:
     age = settings.SESSION_COOKIE_AGE
     if type(age) is not int or age < 1:
         raise ImproperlyConfigured(f"SESSION_COOKIE_AGE must be an int number of seconds >= 1 (got {age!r})")
-    client = create_redis_client(**options)
-    return RedisSessionStore(client, prefix=prefix, default_ttl=age, max_ttl=max(age, _MAX_TTL), owns_client=True)
+    return WebSessions.on_redis(options, prefix, age)
 
 
 def _web() -> WebSessions:
@@ -76,7 +70,7 @@ def _web() -> WebSessions:
     if sessions is None:
         with _lock:
             if _sessions is None:
-                _sessions = WebSessions(_build())
+                _sessions = _build()
             sessions = _sessions
     return sessions
 

@@ -26,17 +26,12 @@ from flask import Flask, Request, Response
 from flask.sessions import SecureCookieSession, SessionInterface
 from itsdangerous import BadSignature, Signer
 
-from fmredis.client import create_redis_client
 from fmredis.contrib.web import WebSessions, snapshot
 from fmredis.errors import SessionNotFound
 from fmredis.lifecycle import new_session_id
-from fmredis.redis_store import RedisSessionStore
 from fmredis.store import ISessionStore
 
 __all__ = ["FmRedisSession", "FmRedisSessionInterface"]
-
-#: The longest TTL the default store accepts: a year.
-_MAX_TTL = 366 * 86_400
 
 
 class FmRedisSession(SecureCookieSession):
@@ -79,16 +74,8 @@ class FmRedisSessionInterface(SessionInterface):
         if web is None:
             with self._lock:
                 if self._web is None:
-                    lifetime = self._ttl(app)
-                    client = create_redis_client(**app.config.get("FMREDIS_REDIS", {}))
-                    store = RedisSessionStore(
-                        client,
-                        prefix=self._key_prefix,
-                        default_ttl=lifetime,
-                        max_ttl=max(lifetime, _MAX_TTL),
-                        owns_client=True,
-                    )
-                    self._web = WebSessions(store)
+                    options = app.config.get("FMREDIS_REDIS", {})
+                    self._web = WebSessions.on_redis(options, self._key_prefix, self._ttl(app))
                 web = self._web
         return web
 

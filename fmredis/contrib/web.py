@@ -21,15 +21,20 @@ from typing import Any
 import attrs
 
 from fmredis.checks import check_key, check_user_id
+from fmredis.client import create_redis_client
 from fmredis.errors import InvalidKeyError, SerializationError, SessionNotFound, StoreUnavailable
 from fmredis.lifecycle import session_ref
+from fmredis.redis_store import RedisSessionStore
 from fmredis.serialization import encode_session, utc_now
 from fmredis.store import ISessionStore
 
-__all__ = ["DATA", "AnotherUsersSession", "Loaded", "WebSessions", "changes", "snapshot"]
+__all__ = ["DATA", "MAX_TTL", "AnotherUsersSession", "Loaded", "WebSessions", "changes", "snapshot"]
 
 #: The document field that holds the framework's session data.
 DATA = "data"
+
+#: The longest TTL a framework's default store accepts: a year, so that an expiry of months is stored as asked.
+MAX_TTL = 366 * 86_400
 
 
 class AnotherUsersSession(ValueError):
@@ -107,6 +112,15 @@ class WebSessions:
         if not isinstance(store, ISessionStore):
             raise TypeError(f"store must be an ISessionStore, not {type(store).__name__}")
         self.store = store
+
+    @classmethod
+    def on_redis(cls, client_options: Mapping[str, Any], prefix: str, ttl: int) -> WebSessions:
+        """Sessions in a :class:`~fmredis.RedisSessionStore` of their own (a framework's default): its client made by
+        :func:`~fmredis.create_redis_client` from ``client_options`` and the factory's hierarchy, its default TTL the
+        framework's session lifetime ``ttl``, its ``max_ttl`` at least :data:`MAX_TTL`."""
+        client = create_redis_client(**client_options)
+        store = RedisSessionStore(client, prefix=prefix, default_ttl=ttl, max_ttl=max(ttl, MAX_TTL), owns_client=True)
+        return cls(store)
 
     def _capped(self, ttl: int) -> int:
         return min(int(ttl), self.store.ttl_rules.max_ttl)
