@@ -168,10 +168,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sessions.add_parser(name, parents=parents, help=text, description=text)
     show = sessions.choices["show"]
-    show.add_argument("session_id", metavar="ID")
+    dash = "; one starting with '-' goes after '--' (a generated id does one time in 64)"
+    show.add_argument("session_id", metavar="ID", help="the session's id" + dash)
     show.add_argument("--payload", action="store_true", help="also print the stored document, values included")
     for name in ("user", "logout"):
-        sessions.choices[name].add_argument("user_id", metavar="USER_ID")
+        sessions.choices[name].add_argument("user_id", metavar="USER_ID", help="the user's id" + dash)
     for name, choice in sessions.choices.items():
         choice.set_defaults(run=_SESSION_ACTIONS[name])
     return parser

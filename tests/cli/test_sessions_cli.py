@@ -107,7 +107,7 @@ def test_show_prints_metadata_and_the_payload_only_when_asked(
     cli_run: Cli, raw: redis.Redis, store: RedisSessionStore
 ) -> None:
     session_id = store.create("alice", {"card": SECRET_VALUE, "theme": "dark"}, ttl=900)
-    run = cli_run("sessions", "show", session_id)
+    run = cli_run("sessions", "show", "--", session_id)
     assert run.code == 0, run
     rows = {line[:14].strip(): line[15:] for line in run.stdout.splitlines()}
     assert rows["session"].startswith(session_ref(session_id))
@@ -121,10 +121,23 @@ def test_show_prints_metadata_and_the_payload_only_when_asked(
     assert SECRET_VALUE not in run.output and session_id not in run.output
     assert "payload" not in rows
 
-    with_payload = cli_run("sessions", "show", "--payload", session_id)
+    with_payload = cli_run("sessions", "show", "--payload", "--", session_id)
     assert with_payload.code == 0, with_payload
     assert with_payload.stdout.startswith(run.stdout)
     assert f'"card": "{SECRET_VALUE}"' in with_payload.stdout
+
+
+def test_an_id_starting_with_a_dash_is_read_after_double_dash(cli_run: Cli, store: RedisSessionStore) -> None:
+    """A generated id starts with "-" one time in 64 (URL-safe base64); argparse reads it as an option unless it
+    comes after "--", which --help says."""
+    store.set("-dash-first", {"n": 1}, ttl=60)
+    assert cli_run("sessions", "show", "-dash-first").code == 2  # argparse: "the following arguments are required"
+    assert "one starting with '-' goes after '--'" in cli_run("sessions", "show", "--help").stdout
+    run = cli_run("sessions", "show", "--", "-dash-first")
+    assert run.code == 0, run
+    assert "keys           n" in run.stdout
+    session_id = store.create("-dash-user", {"n": 2})
+    assert cli_run("sessions", "user", "--", "-dash-user").stdout.split() == [session_id]
 
 
 def test_show_lists_the_framework_keys_of_a_web_session(cli_run: Cli, store: RedisSessionStore) -> None:
@@ -143,13 +156,13 @@ def test_show_does_not_slide_the_ttl(cli_run: Cli, raw: redis.Redis, store: Redi
     """An inspection is no activity: the TTL is read with PTTL, not refreshed (``store.get(refresh=True)`` would put
     it back to the store's 1800 s)."""
     session_id = store.create("bob", {"n": 1}, ttl=120)
-    assert cli_run("sessions", "show", session_id).code == 0
+    assert cli_run("sessions", "show", "--", session_id).code == 0
     assert 0 < raw.ttl("session:" + session_id) <= 120
 
 
 def test_show_of_a_missing_or_foreign_session_names_only_its_reference(cli_run: Cli, raw: redis.Redis) -> None:
     session_id = "missing-Hk3-session-id"
-    run = cli_run("sessions", "show", session_id)
+    run = cli_run("sessions", "show", "--", session_id)
     line = assert_one_line_failure(run, cli.NOT_FOUND, session_ref(session_id), "no session")
     assert session_id not in line
     raw.rpush("session:a-list", "x")  # a key of another type under the prefix is no session

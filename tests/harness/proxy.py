@@ -55,6 +55,7 @@ class TcpProxy:
         self._pairs: set[_Pair] = set()
         self._threads: list[threading.Thread] = []
         self._accepted = 0
+        self._dropped = 0
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -77,6 +78,13 @@ class TcpProxy:
     def connections_accepted(self) -> int:
         with self._lock:
             return self._accepted
+
+    @property
+    def bytes_dropped(self) -> int:
+        """Bytes read and dropped while black-holed, in either direction: a test that waits for a reply to be lost
+        waits for this to grow, since the pump thread may read the reply only after the test has switched back."""
+        with self._lock:
+            return self._dropped
 
     @property
     def open_connections(self) -> int:
@@ -154,8 +162,11 @@ class TcpProxy:
                     data = source.recv(65536)
                     if not data:
                         return
-                    if self._mode is _Mode.PASS:  # blackhole: read and drop
+                    if self._mode is _Mode.PASS:
                         key.data.sendall(data)
+                    else:  # blackhole: read and drop
+                        with self._lock:
+                            self._dropped += len(data)
                 if self._resetting():
                     reset = True
                     return

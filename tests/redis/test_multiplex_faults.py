@@ -263,6 +263,9 @@ def test_an_update_whose_compare_and_set_reply_is_lost_raises_outcome_unknown_an
         deadline = time.monotonic() + 5
         while orjson.loads(probe.get("session:counter"))["n"] != 1 and time.monotonic() < deadline:
             time.sleep(0.01)
+        while proxy.bytes_dropped == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the reply has been dropped, not merely sent: else pass_through() would deliver it
+        assert proxy.bytes_dropped > 0
         proxy.pass_through()
         for client_id in named_clients(server):
             probe.client_kill_filter(_id=str(client_id))  # the connection drops with the reply lost
@@ -294,6 +297,9 @@ def test_a_delete_whose_reply_is_lost_on_the_network_is_re_sent(server: RedisSer
         while probe.exists("session:gone") and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not probe.exists("session:gone")  # the UNLINK ran
+        while proxy.bytes_dropped == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # and its reply has been dropped, not merely sent: else pass_through() would deliver it
+        assert proxy.bytes_dropped > 0
         proxy.pass_through()
         for client_id in named_clients(server):
             probe.client_kill_filter(_id=str(client_id))  # the connection drops with the reply lost
