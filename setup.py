@@ -22,6 +22,7 @@ SUITE_DEPS = [
     "flask>=2.3",
     "Flask-Session>=0.8",
     "waitress>=3",
+    "python-redis-lock>=4",  # the lock benchmark's peer (benchmarks/lock.py)
 ]
 
 setup(

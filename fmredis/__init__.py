@@ -6,10 +6,13 @@ from fmredis.client import RedisClient, build_connection_pool, create_redis_clie
 from fmredis.config import ConfigManager, RedisSettings, resolve_settings
 from fmredis.errors import (
     ConfigurationError,
+    FencedOut,
     FmRedisError,
     InvalidKeyError,
     InvalidTTLError,
     JournalError,
+    LockLost,
+    LockTimeout,
     SerializationError,
     SessionExpired,
     SessionNotFound,
@@ -19,6 +22,7 @@ from fmredis.errors import (
 )
 from fmredis.fallback import FallbackSessionStore
 from fmredis.lifecycle import session_ref
+from fmredis.lock import HeldLock, RedisLock
 from fmredis.memory_store import InMemorySessionStore
 from fmredis.redis_store import RedisSessionStore
 from fmredis.resilient import ResilientRedisSessionStore
@@ -26,7 +30,7 @@ from fmredis.store import ISessionStore
 from fmredis.ttl_policy import SessionTTLManager
 from fmredis.ttl_rules import TTLRules
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -34,13 +38,18 @@ __all__ = [
     "ConfigManager",
     "ConfigurationError",
     "FallbackSessionStore",
+    "FencedOut",
     "FmRedisError",
+    "HeldLock",
     "ISessionStore",
     "InMemorySessionStore",
     "InvalidKeyError",
     "InvalidTTLError",
     "JournalError",
+    "LockLost",
+    "LockTimeout",
     "RedisClient",
+    "RedisLock",
     "RedisSessionStore",
     "RedisSettings",
     "ResilientRedisSessionStore",

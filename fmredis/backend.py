@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import abc
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from fmredis.errors import ConfigurationError
 from fmredis.lifecycle import new_session_id
+
+if TYPE_CHECKING:
+    from fmredis.store import Fence
 
 __all__ = ["StoreBackend", "Transaction"]
 
@@ -93,8 +97,22 @@ class StoreBackend(abc.ABC):
         """Remove the keys; how many existed."""
 
     @abc.abstractmethod
-    def _transaction(self, what: str, key: str) -> AbstractContextManager[Transaction]:
-        """An optimistic attempt on ``key`` (``what`` names the public call, for error messages)."""
+    def _transaction(self, what: str, key: str, fence: Fence | None = None) -> AbstractContextManager[Transaction]:
+        """An optimistic attempt on ``key`` (``what`` names the public call, for error messages); with ``fence``
+        (checked by :meth:`_check_fence`), its commit also raises ``FencedOut`` once the fence has been passed."""
+
+    def _check_fence(self, key: str, fence: Fence) -> None:
+        """Refuse a ``fence`` this backend cannot check for ``key``, before anything is read or written."""
+        raise ConfigurationError(
+            f"{type(self).__name__} cannot check a fencing token: fenced writes need a RedisSessionStore on the "
+            "lock's Redis",
+            key="fence",
+        )
+
+    def _fenced(self, key: str, fence: Fence, payload: bytes | None, seconds: int) -> bool:
+        """Store ``payload`` for ``seconds`` (``None``: remove the key) unless ``fence`` has been passed
+        (``FencedOut``), in one step; whether the key existed, for a removal."""
+        raise NotImplementedError  # only reached after _check_fence accepted the fence
 
     def _new_id(self, user_id: str) -> str:
         """A fresh id for a session of ``user_id`` (a cluster tags it into the user's slot)."""

@@ -31,7 +31,7 @@ from fmredis.lifecycle import (
     session_ref,
 )
 from fmredis.serialization import CorruptSession, decode_session, encode_session, parse_utc, stamped, utc_now
-from fmredis.store import ISessionStore, SessionUpdate
+from fmredis.store import Fence, ISessionStore, SessionUpdate
 from fmredis.ttl_policy import SessionTTLManager
 from fmredis.ttl_rules import TTLRules
 
@@ -167,20 +167,30 @@ class SessionStoreBase(StoreBackend, ISessionStore):
         (self._miss if session is None else self._hit)()
         return session
 
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
+    def set(
+        self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True, fence: Fence | None = None
+    ) -> None:
         """See :meth:`ISessionStore.set`."""
         check_key(key)
+        if fence is not None:
+            self._check_fence(key, fence)
         if stamp:
             value = stamped(value)
         payload = encode_session(value)
         seconds = self._rules.for_write(ttl, value, stamped=stamp)
         if seconds:
-            self._write(key, payload, seconds)
+            if fence is None:
+                self._write(key, payload, seconds)
+            else:
+                self._fenced(key, fence, payload, seconds)
             if self._indexes_expire and type(owner := value.get("user_id")) is str and owner:  # inlined: hot path
                 self._keep_index_of(owner, value, seconds)
             self._op()
             return
-        self._remove(key)
+        if fence is None:
+            self._remove(key)
+        else:
+            self._fenced(key, fence, None, 0)
         self._op()
         raise expired(key)
 
@@ -228,8 +238,12 @@ class SessionStoreBase(StoreBackend, ISessionStore):
         found = zip(checked, self._logouts(checked), strict=True)
         return {user_id: at for user_id, at in found if at is not None and at >= floor}
 
-    def delete(self, key: str) -> bool:
-        removed = self._remove(check_key(key))
+    def delete(self, key: str, *, fence: Fence | None = None) -> bool:
+        if fence is None:
+            removed = self._remove(check_key(key))
+        else:
+            self._check_fence(check_key(key), fence)
+            removed = self._fenced(key, fence, None, 0)
         self._op()
         return removed
 
@@ -305,10 +319,14 @@ class SessionStoreBase(StoreBackend, ISessionStore):
 
     # --- atomic read-modify-write ------------------------------------------------------------------------------------
 
-    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
+    def update(
+        self, key: str, fn: SessionUpdate, ttl: int | None = None, *, fence: Fence | None = None
+    ) -> dict[str, Any]:
         """See :meth:`ISessionStore.update`: optimistic; ``fn`` runs with nothing locked, and its result is written
         only if nobody wrote the session since it was read, else it runs again on a fresh copy."""
         check_key(key)
+        if fence is not None:
+            self._check_fence(key, fence)
         if ttl is not None:
             self._rules.explicit(ttl)  # bad input raises before anything is read
 
@@ -317,7 +335,7 @@ class SessionStoreBase(StoreBackend, ISessionStore):
             payload, seconds = encode_session(updated), self._rules.for_write(ttl, updated)
             return txn.write(payload, seconds), (payload, seconds)
 
-        payload, seconds = self._optimistic("update", key, step)
+        payload, seconds = self._optimistic("update", key, step, fence)
         if not seconds:
             raise expired(key)
         written = decode_session(payload)
@@ -345,10 +363,16 @@ class SessionStoreBase(StoreBackend, ISessionStore):
         report_regenerated(self._counters, session_id, new_id, user_id, seconds)
         return new_id
 
-    def _optimistic(self, what: str, key: str, step: Callable[[Transaction, dict[str, Any]], tuple[bool, T]]) -> T:
+    def _optimistic(
+        self,
+        what: str,
+        key: str,
+        step: Callable[[Transaction, dict[str, Any]], tuple[bool, T]],
+        fence: Fence | None = None,
+    ) -> T:
         """``step(txn, session)`` on a fresh read of the session until its commit wins, or the attempts run out."""
         for attempt in range(self._update_attempts):
-            with self._transaction(what, key) as txn:
+            with self._transaction(what, key, fence) as txn:
                 session = self._load(key, txn.read)
                 if session is None:
                     self._op()

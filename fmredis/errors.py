@@ -9,9 +9,12 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "FencedOut",
     "FmRedisError",
     "InvalidKeyError",
     "InvalidTTLError",
+    "LockLost",
+    "LockTimeout",
     "SerializationError",
     "SessionExpired",
     "SessionNotFound",
@@ -84,3 +87,18 @@ class SessionExpired(SessionNotFound):
 class UpdateConflict(StoreError):
     """``update`` lost the race to concurrent writers of the same session on every attempt it was allowed; the
     session holds the other writers' data and none of this update."""
+
+
+class LockTimeout(FmRedisError, TimeoutError):
+    """``RedisLock.acquire(timeout)`` did not get the lock in time; nothing is held and the waiter left the queue."""
+
+
+class LockLost(FmRedisError):
+    """A held lock may no longer be held: a renewal found it taken or gone, or its lease may have run out (Redis
+    unreachable, the process paused). Raised on leaving the ``with`` block and by ``extend``; the block's own
+    exception, if any, is its ``__cause__``."""
+
+
+class FencedOut(FmRedisError):
+    """A fenced write was refused: a newer token has been issued for the lock since the one it carried, so another
+    holder may have written. Nothing was written."""

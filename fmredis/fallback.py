@@ -18,7 +18,7 @@ from fmredis.lifecycle import new_session_document
 from fmredis.memory_store import InMemorySessionStore
 from fmredis.outage_log import DELETE, SET, OutageLog, logger
 from fmredis.serialization import CorruptSession, decode_session, encode_session
-from fmredis.store import ISessionStore, SessionUpdate
+from fmredis.store import Fence, ISessionStore, SessionUpdate
 from fmredis.ttl_rules import TTLRules
 
 __all__ = ["FallbackSessionStore"]
@@ -336,7 +336,11 @@ class FallbackSessionStore(ISessionStore):
             return self._call(lambda store: store.get(key, refresh=True), self._if_held(key))
         return self._call(lambda store: store.get(key))
 
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
+    def set(
+        self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True, fence: Fence | None = None
+    ) -> None:
+        if fence is not None:  # only Redis can check the fence: never written to memory, never journaled
+            return self._redis_only("a fenced set", lambda store: store.set(key, value, ttl, stamp=stamp, fence=fence))
         self._call(lambda store: store.set(key, value, ttl, stamp=stamp), lambda: [(key, SET)])
 
     def set_many(
@@ -351,7 +355,9 @@ class FallbackSessionStore(ISessionStore):
             lambda store: store.set_many(listed, stamp=stamp), lambda: [(key, SET) for key, _value, _ttl in listed]
         )
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: str, *, fence: Fence | None = None) -> bool:
+        if fence is not None:
+            return self._redis_only("a fenced delete", lambda store: store.delete(key, fence=fence))
         return self._call(lambda store: store.delete(key), lambda: [(key, DELETE)])
 
     def exists(self, key: str) -> bool:
@@ -375,7 +381,12 @@ class FallbackSessionStore(ISessionStore):
     def touch(self, key: str, ttl: int | None = None) -> bool:
         return self._call(lambda store: store.touch(key, ttl), self._if_held(key))
 
-    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
+    def update(
+        self, key: str, fn: SessionUpdate, ttl: int | None = None, *, fence: Fence | None = None
+    ) -> dict[str, Any]:
+        if fence is not None:
+            return self._redis_only("a fenced update", lambda store: store.update(key, fn, ttl, fence=fence))
+
         def update(store: ISessionStore) -> dict[str, Any]:
             if store is not self._memory:
                 return store.update(key, fn, ttl)

@@ -229,7 +229,7 @@ class InMemorySessionStore(SessionStoreBase):
         return sum(entry is not None and entry.deadline > now for entry in gone)
 
     @contextlib.contextmanager
-    def _transaction(self, what: str, key: str) -> Iterator[Transaction]:
+    def _transaction(self, what: str, key: str, fence: object = None) -> Iterator[Transaction]:
         yield _HeldSession(self, key)
 
     def _insert(self, session_id: str, payload: bytes, seconds: int, user_id: str, created: float) -> int | None:

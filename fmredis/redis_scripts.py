@@ -8,7 +8,7 @@ could refuse a later command: the type of every key (``WRONGTYPE``) and the ACL 
 
 from __future__ import annotations
 
-__all__ = ["COMPARE_AND_SET", "INSERT", "MOVE"]
+__all__ = ["COMPARE_AND_SET", "FENCED", "INSERT", "MOVE"]
 
 _HELPERS = """
 local function wrong_type(key, kind)
@@ -80,5 +80,24 @@ if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' or redis.sha1hex(redis.call('GE
   return 0
 end
 if ARGV[3] == '0' then redis.call('UNLINK', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+return 1
+"""
+
+#: KEYS: a lock's fencing counter, session. ARGV: the writer's token, then "set" with payload and seconds, "delete",
+#: or "cas" with payload, seconds (0: remove) and the SHA-1 of the bytes read (as COMPARE_AND_SET). Returns -1 if a
+#: newer token than the writer's has been issued (nothing written), else 1 for set, UNLINK's count for delete, and
+#: 1 or 0 for cas. The counter is read in the script that writes, so no acquisition can come between the two.
+FENCED = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > tonumber(ARGV[1]) then return -1 end
+if ARGV[2] == 'set' then
+  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+  return 1
+elseif ARGV[2] == 'delete' then
+  return redis.call('UNLINK', KEYS[2])
+end
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'string' or redis.sha1hex(redis.call('GET', KEYS[2])) ~= ARGV[5] then
+  return 0
+end
+if ARGV[4] == '0' then redis.call('UNLINK', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
 return 1
 """

@@ -45,8 +45,9 @@ def slot_tag(key: str) -> str:
 
 
 @contextlib.contextmanager
-def watched(client: Any, key: str) -> Iterator[Any]:
-    """A ``MULTI``/``EXEC`` pipeline that has sent ``WATCH key``, reset (``UNWATCH``) on exit.
+def watched(client: Any, key: str, *more: str) -> Iterator[Any]:
+    """A ``MULTI``/``EXEC`` pipeline that has sent ``WATCH key`` (and ``more`` keys of its slot), reset (``UNWATCH``)
+    on exit.
 
     In a cluster it runs on the node that holds ``key``, through that node's own client: the cluster client's
     transactions re-send ``MULTI``...``EXEC`` on a new connection after a connection error, without the ``WATCH``, so
@@ -58,7 +59,7 @@ def watched(client: Any, key: str) -> Iterator[Any]:
         owner = _owner(client, key)
         pipe = owner.pipeline(transaction=True)
         try:
-            pipe.watch(key)
+            pipe.watch(key, *more)
             break
         except (MovedError, AskError):
             pipe.reset()

@@ -16,7 +16,8 @@ from fmredis.core import SessionStoreBase, conflict_pause
 from fmredis.multiplex import Multiplexer
 from fmredis.redis_errors import redis_call
 from fmredis.redis_index import RedisUserIndex, watched
-from fmredis.redis_transactions import ComparedSession, WatchedSession
+from fmredis.redis_transactions import ComparedSession, WatchedSession, check_fence, run_fenced
+from fmredis.store import Fence
 from fmredis.ttl_policy import SessionTTLManager
 
 __all__ = ["RedisSessionStore"]
@@ -321,7 +322,7 @@ class RedisSessionStore(SessionStoreBase):
         return removed
 
     @contextlib.contextmanager
-    def _transaction(self, what: str, key: str) -> Iterator[Transaction]:
+    def _transaction(self, what: str, key: str, fence: Fence | None = None) -> Iterator[Transaction]:
         """``update`` on the multiplexer: a ``GET``, then a script that writes only if the key still holds what was read
         (:class:`~fmredis.redis_transactions.ComparedSession`). Otherwise ``WATCH`` the key on a pipeline of its own;
         commits are ``MULTI``/``EXEC``, which Redis refuses if anyone wrote the key since the ``WATCH``. A server-side
@@ -329,10 +330,20 @@ class RedisSessionStore(SessionStoreBase):
         holding it."""
         full_key = self._prefix + key
         if what == "update" and self._mux is not None:
-            yield ComparedSession(self._mux, full_key)
+            yield ComparedSession(self._mux, full_key, fence, key)
             return
-        with redis_call(what), watched(self._client, full_key) as pipe:
-            yield WatchedSession(self._index, pipe, key, full_key)
+        fence_key = () if fence is None else (fence.fence_key,)
+        with redis_call(what), watched(self._client, full_key, *fence_key) as pipe:
+            yield WatchedSession(self._index, pipe, key, full_key, fence)
+
+    def _check_fence(self, key: str, fence: Fence) -> None:
+        check_fence(fence, self._prefix + key, self._cluster)
+
+    def _fenced(self, key: str, fence: Fence, payload: bytes | None, seconds: int) -> bool:
+        full_key = self._prefix + key
+        if payload is None:
+            return run_fenced(self._execute, fence, key, full_key, "delete") == 1
+        return run_fenced(self._execute, fence, key, full_key, "set", payload, seconds) == 1
 
     def _new_id(self, user_id: str) -> str:
         return self._index.session_id_for(user_id, super()._new_id(user_id))

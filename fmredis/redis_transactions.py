@@ -8,34 +8,79 @@ optimistic attempt on one session, committed only if nobody wrote it since it wa
   ``fn`` twice).
 - :class:`WatchedSession` (``regenerate``, and ``update`` without pipelining or in a cluster): ``WATCH``, ``GET``,
   then ``MULTI``...``EXEC``, which Redis refuses if anyone wrote the key since the ``WATCH``.
+
+A fenced ``update`` (``fence=held``) checks the lock's fencing counter in the same step as its commit: inside the
+compare-and-set script (:data:`~fmredis.redis_scripts.FENCED`), or by watching the counter too. Fenced ``set`` and
+``delete`` are one script each (:func:`run_fenced`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import NoScriptError, WatchError
 
+from fmredis.errors import FencedOut, InvalidKeyError
+from fmredis.lifecycle import session_ref
 from fmredis.multiplex import Multiplexer
 from fmredis.redis_errors import lost_connection, redis_call
 from fmredis.redis_index import RedisUserIndex
-from fmredis.redis_scripts import COMPARE_AND_SET
+from fmredis.redis_scripts import COMPARE_AND_SET, FENCED
+from fmredis.redis_slots import slot_of
+from fmredis.store import Fence
 
-__all__ = ["ComparedSession", "WatchedSession"]
+__all__ = ["ComparedSession", "WatchedSession", "check_fence", "run_fenced"]
 
 _GET = redis_call("GET", read=True)
 _CAS = redis_call("update")
 _CAS_READ = redis_call("update", read=True)  # errors name the call, as the WATCH path's do
 _CAS_SHA = hashlib.sha1(COMPARE_AND_SET.encode()).hexdigest()
+_FENCED = redis_call("fenced write")
+_FENCED_SHA = hashlib.sha1(FENCED.encode()).hexdigest()
+
+
+def check_fence(fence: Fence, full_key: str, cluster: bool) -> None:
+    """Refuse what is not a fence, and in a cluster a session key outside its lock's slot (the script that checks the
+    fence and writes must name keys of one slot)."""
+    token, fence_key = getattr(fence, "token", None), getattr(fence, "fence_key", None)
+    if type(token) is not int or not isinstance(fence_key, str) or not fence_key:
+        raise TypeError("fence must be a HeldLock (an object with an int token and a str fence_key)")
+    if cluster and slot_of(full_key) != slot_of(fence_key):
+        raise InvalidKeyError(
+            "in a Redis Cluster a fenced session must be in its lock's slot: give the session key the lock's hash tag "
+            "(lock '{cart-42}', key '{cart-42}:...'); nothing was written"
+        )
+
+
+def fenced_out(key: str, fence: Fence) -> FencedOut:
+    return FencedOut(
+        f"Write to session {session_ref(key)} refused: a newer token than {fence.token} has been issued for its lock "
+        "(another holder may have written); nothing was written"
+    )
+
+
+def run_fenced(execute: Callable[..., Any], fence: Fence, key: str, full_key: str, *args: Any) -> int:
+    """The :data:`~fmredis.redis_scripts.FENCED` script's reply; :class:`~fmredis.errors.FencedOut` for its -1."""
+    keys_and_token = (2, fence.fence_key, full_key, fence.token)
+    with _FENCED:
+        try:
+            reply = int(execute("EVALSHA", _FENCED_SHA, *keys_and_token, *args))
+        except NoScriptError:  # not cached on this server yet: it did not run
+            reply = int(execute("EVAL", FENCED, *keys_and_token, *args))
+    if reply == -1:
+        raise fenced_out(key, fence)
+    return reply
 
 
 class ComparedSession:
     """``read`` is a plain ``GET``, ``write`` a compare-and-set against the SHA-1 of what it read
     (:data:`~fmredis.redis_scripts.COMPARE_AND_SET`); both on the multiplexer ``mux``."""
 
-    def __init__(self, mux: Multiplexer, full_key: str) -> None:
+    def __init__(self, mux: Multiplexer, full_key: str, fence: Fence | None = None, key: str = "") -> None:
         self._mux, self._full_key, self._expected = mux, full_key, ""
+        self._fence, self._key = fence, key
 
     def read(self) -> bytes | None:
         with _CAS_READ:
@@ -45,6 +90,9 @@ class ComparedSession:
         return payload
 
     def write(self, payload: bytes, seconds: int) -> bool:
+        if self._fence is not None:
+            cas = ("cas", payload, seconds, self._expected)
+            return run_fenced(self._mux.execute, self._fence, self._key, self._full_key, *cas) == 1
         args = (1, self._full_key, self._expected, payload, seconds)
         with _CAS:
             try:
@@ -57,14 +105,18 @@ class ComparedSession:
 
 
 class WatchedSession:
-    """On a redis-py pipeline that has ``WATCH``ed the session's key (``full_key``); ``index`` is the store's user
-    index, which a ``move`` takes along."""
+    """On a redis-py pipeline that has ``WATCH``ed the session's key (``full_key``), and the ``fence``'s counter if
+    any; ``index`` is the store's user index, which a ``move`` takes along."""
 
-    def __init__(self, index: RedisUserIndex, pipe: Any, key: str, full_key: str) -> None:
-        self._index, self._pipe, self._key, self._full_key = index, pipe, key, full_key
+    def __init__(self, index: RedisUserIndex, pipe: Any, key: str, full_key: str, fence: Fence | None = None) -> None:
+        self._index, self._pipe, self._key, self._full_key, self._fence = index, pipe, key, full_key, fence
 
     def read(self) -> bytes | None:
         with _GET:
+            if self._fence is not None:  # watched: a token issued from here to EXEC makes the commit lose, and retry
+                newest = self._pipe.execute_command("GET", self._fence.fence_key)
+                if newest is not None and int(newest) > self._fence.token:
+                    raise fenced_out(self._key, self._fence)
             return self._pipe.execute_command("GET", self._full_key)  # type: ignore[no-any-return]
 
     def write(self, payload: bytes, seconds: int) -> bool:

@@ -12,8 +12,8 @@ from redis.backoff import FullJitterBackoff
 
 from fmredis.breaker import CircuitBreaker
 from fmredis.checks import check_count, check_keys, check_seconds
-from fmredis.errors import SessionNotFound, StoreError, StoreUnavailable
-from fmredis.store import ISessionStore, SessionUpdate
+from fmredis.errors import FencedOut, SessionNotFound, StoreError, StoreUnavailable
+from fmredis.store import Fence, ISessionStore, SessionUpdate
 from fmredis.ttl_rules import TTLRules
 
 __all__ = ["ResilientRedisSessionStore"]
@@ -175,8 +175,8 @@ class ResilientRedisSessionStore(ISessionStore):
                 if attempt >= limit or now + delay + (now - attempt_started) - started > self._deadline:
                     raise StoreUnavailable(f"Redis unavailable after {attempt} attempt(s): {exc}") from exc
                 self._sleep(delay)
-            except (StoreError, SessionNotFound):
-                self.breaker.record_success()  # the server answered (an error, or "no such session"): it is up
+            except (StoreError, SessionNotFound, FencedOut):
+                self.breaker.record_success()  # the server answered (an error, "no such session", "fenced out")
                 raise
             except BaseException:
                 self.breaker.release()  # bad input or a bug: the server was not asked
@@ -194,11 +194,20 @@ class ResilientRedisSessionStore(ISessionStore):
             return self._call(lambda store: store.get(key, refresh=True))
         return self._call(lambda store: store.get(key))
 
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
-        self._call(lambda store: store.set(key, value, ttl, stamp=stamp))
+    def set(
+        self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True, fence: Fence | None = None
+    ) -> None:
+        # A fenced set re-sent after a lost reply writes the same bytes under the same check: safe to retry. The fence
+        # is passed only when given: a store of the caller's own written before fences keeps working unfenced.
+        if fence is None:
+            self._call(lambda store: store.set(key, value, ttl, stamp=stamp))
+        else:
+            self._call(lambda store: store.set(key, value, ttl, stamp=stamp, fence=fence))
 
-    def delete(self, key: str) -> bool:
-        return self._call(lambda store: store.delete(key))
+    def delete(self, key: str, *, fence: Fence | None = None) -> bool:
+        if fence is None:
+            return self._call(lambda store: store.delete(key))
+        return self._call(lambda store: store.delete(key, fence=fence))
 
     def exists(self, key: str) -> bool:
         return self._call(lambda store: store.exists(key))
@@ -220,8 +229,12 @@ class ResilientRedisSessionStore(ISessionStore):
     def touch(self, key: str, ttl: int | None = None) -> bool:
         return self._call(lambda store: store.touch(key, ttl))
 
-    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
-        return self._call(lambda store: store.update(key, fn, ttl), attempts=1)  # a retry could apply fn twice
+    def update(
+        self, key: str, fn: SessionUpdate, ttl: int | None = None, *, fence: Fence | None = None
+    ) -> dict[str, Any]:
+        if fence is None:
+            return self._call(lambda store: store.update(key, fn, ttl), attempts=1)  # a retry could apply fn twice
+        return self._call(lambda store: store.update(key, fn, ttl, fence=fence), attempts=1)
 
     def create(self, user_id: str, data: dict[str, Any], ttl: int | None = None) -> str:
         return self._call(lambda store: store.create(user_id, data, ttl), attempts=1)

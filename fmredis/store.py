@@ -5,17 +5,29 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fmredis.errors import SessionExpired
 from fmredis.ttl_rules import TTLRules
 
-__all__ = ["ISessionStore", "SessionUpdate"]
+__all__ = ["Fence", "ISessionStore", "SessionUpdate"]
 
 #: ``update``'s function: given the session (a fresh copy), returns the new session.
 SessionUpdate = Callable[[dict[str, Any]], dict[str, Any]]
 
 _Store = TypeVar("_Store", bound="ISessionStore")
+
+
+class Fence(Protocol):
+    """What a fenced write carries (a :class:`~fmredis.HeldLock` is one): its lock's fencing counter's key, and the
+    token it was issued. Redis refuses the write once the counter has passed the token."""
+
+    @property
+    def token(self) -> int: ...
+
+    @property
+    def fence_key(self) -> str: ...
+
 
 #: The key :meth:`ISessionStore.probe` asks about (never written).
 PROBE_KEY = "fmredis:probe"
@@ -53,12 +65,19 @@ class ISessionStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
+    def set(
+        self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True, fence: Fence | None = None
+    ) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (the store's default, or its TTL policy's, when ``None``).
 
         Stamps ``last_activity`` with the time of the write (UTC ISO-8601); ``stamp=False`` stores the caller's
         ``last_activity`` as given (migrations, write-backs). Never mutates ``value``. With ``max_lifetime`` on, a
         ``value`` past its lifetime removes the stored session and raises :class:`~fmredis.errors.SessionExpired`.
+
+        ``fence`` (a :class:`~fmredis.HeldLock`): Redis writes only if no newer token has been issued for that lock,
+        checked in the script that writes; else :class:`~fmredis.errors.FencedOut` and nothing is written. Only a
+        Redis store can check a fence (others raise :class:`~fmredis.errors.ConfigurationError`); the same applies to
+        ``delete`` and ``update``.
         """
 
     def set_many(
@@ -83,8 +102,8 @@ class ISessionStore(abc.ABC):
         return stored
 
     @abc.abstractmethod
-    def delete(self, key: str) -> bool:
-        """Remove the session; ``True`` if it existed."""
+    def delete(self, key: str, *, fence: Fence | None = None) -> bool:
+        """Remove the session; ``True`` if it existed. ``fence``: as for :meth:`set`."""
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
@@ -116,7 +135,9 @@ class ISessionStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
+    def update(
+        self, key: str, fn: SessionUpdate, ttl: int | None = None, *, fence: Fence | None = None
+    ) -> dict[str, Any]:
         """Apply ``fn`` to the session atomically against concurrent writers, and return the session written.
 
         ``fn`` gets a fresh copy and returns the new session (it may be called again, on a fresh copy, if another
@@ -124,7 +145,8 @@ class ISessionStore(abc.ABC):
         ``created_at`` and ``user_id`` must not change. The TTL is chosen as for :meth:`set`.
         Raises :class:`~fmredis.errors.SessionNotFound` if there is no session, whatever ``fn`` raises, or
         :class:`~fmredis.errors.UpdateConflict` when every attempt lost to another writer; in each case nothing was
-        written.
+        written. ``fence``: as for :meth:`set`, checked atomically with the write (a newer token issued while ``fn``
+        runs refuses it).
         """
 
     @abc.abstractmethod

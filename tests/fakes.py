@@ -81,7 +81,9 @@ class FakePrimary(ISessionStore):
     def get(self, key: str, *, refresh: bool = False) -> dict[str, Any] | None:
         return self._up("get").get(key, refresh=refresh)
 
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True) -> None:
+    def set(
+        self, key: str, value: dict[str, Any], ttl: int | None = None, *, stamp: bool = True, fence: Any = None
+    ) -> None:
         inner = self._up("set")
         if key in self.refused:
             raise StoreError(OOM)
@@ -90,12 +92,12 @@ class FakePrimary(ISessionStore):
             if self.down_after_sets < 0:
                 self.down = True
                 raise StoreUnavailable("set: the primary went down")
-        inner.set(key, value, ttl, stamp=stamp)
+        inner.set(key, value, ttl, stamp=stamp, fence=fence)
         if self.on_set is not None:
             self.on_set(key)
 
-    def delete(self, key: str) -> bool:
-        return self._up("delete").delete(key)
+    def delete(self, key: str, *, fence: Any = None) -> bool:
+        return self._up("delete").delete(key, fence=fence)
 
     def exists(self, key: str) -> bool:
         return self._up("exists").exists(key)
@@ -129,8 +131,8 @@ class FakePrimary(ISessionStore):
     def touch(self, key: str, ttl: int | None = None) -> bool:
         return self._up("touch").touch(key, ttl)
 
-    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None) -> dict[str, Any]:
-        return self._up("update").update(key, fn, ttl)
+    def update(self, key: str, fn: SessionUpdate, ttl: int | None = None, *, fence: Any = None) -> dict[str, Any]:
+        return self._up("update").update(key, fn, ttl, fence=fence)
 
     def create(self, user_id: str, data: dict[str, Any], ttl: int | None = None) -> str:
         return self._up("create").create(user_id, data, ttl)
