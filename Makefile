@@ -29,8 +29,9 @@ test: redis-server $(BIN)/activate
 
 # The benchmarks (the main job): the paced before/after logging comparison, the hot path against raw redis-py, threads,
 # (interleaved), outage figures, the counters' cost, Sentinel failover figures, the Flask load test against
-# Flask-Session, the lock against redis-py's and python-redis-lock's (round trips, hand-off between processes), then
-# pytest-benchmark (including the cluster against standalone).
+# Flask-Session, the lock against redis-py's and python-redis-lock's (round trips, hand-off between processes), the
+# context cache against redis-py's client-side cache (hits, invalidation between processes, single flight, compression,
+# the byte bound), then pytest-benchmark (including the cluster against standalone).
 # Tables on the terminal; JSON, the chart and the log under benchmarks/results/. REDIS_URL: use that server instead.
 bench: redis-server $(BIN)/activate
 	mkdir -p $(RESULTS)
@@ -42,5 +43,6 @@ bench: redis-server $(BIN)/activate
 	$(BIN)/python -m benchmarks.failover --out $(RESULTS)
 	$(BIN)/python -m benchmarks.web --out $(RESULTS)
 	$(BIN)/python -m benchmarks.lock --out $(RESULTS)
+	$(BIN)/python -m benchmarks.context_cache --out $(RESULTS)
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only --benchmark-columns=min,median,iqr,ops,rounds \
 	  --benchmark-json=$(RESULTS)/benchmarks.json

@@ -23,6 +23,8 @@ SUITE_DEPS = [
     "Flask-Session>=0.8",
     "waitress>=3",
     "python-redis-lock>=4",  # the lock benchmark's peer (benchmarks/lock.py)
+    "zstandard>=0.22",  # ContextCache's compression (the zstd extra)
+    "lz4>=4",  # the codec the context-cache benchmark measures zstandard against
 ]
 
 setup(
@@ -46,6 +48,8 @@ setup(
         # The framework integrations: SESSION_ENGINE = "fmredis.contrib.django", fmredis.contrib.flask.
         "django": ["django>=4.2"],
         "flask": ["flask>=2.3"],
+        # ContextCache's default compression (compression="zstd"); without it, build the cache with compression=None.
+        "zstd": ["zstandard>=0.22"],
         "lint": ["ruff>=0.5"],
         "type": ["mypy>=1.10"],
     },

@@ -131,13 +131,14 @@ def summarize(segments: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @contextmanager
-def redis_url_for_run() -> Iterator[str]:
-    """REDIS_URL when set, else a throwaway redis-server on 127.0.0.1 (the harness's), stopped afterwards."""
+def redis_url_for_run(name: str = "paced") -> Iterator[str]:
+    """REDIS_URL when set, else a throwaway redis-server on 127.0.0.1 (the harness's, named ``name``), stopped
+    afterwards."""
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
     try:
-        server = RedisServer("paced").start()
+        server = RedisServer(name).start()
     except TopologyError as exc:
         sys.exit(f"{exc}; or set REDIS_URL")
     try:

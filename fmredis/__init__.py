@@ -4,6 +4,8 @@ from fmredis.breaker import CircuitBreaker
 from fmredis.checks import MAX_KEY_LENGTH
 from fmredis.client import RedisClient, build_connection_pool, create_redis_client, diagnostics
 from fmredis.config import ConfigManager, RedisSettings, resolve_settings
+from fmredis.context_cache import ContextCache
+from fmredis.context_values import FrozenDict, FrozenList, thaw
 from fmredis.errors import (
     ConfigurationError,
     FencedOut,
@@ -19,6 +21,7 @@ from fmredis.errors import (
     StoreError,
     StoreUnavailable,
     UpdateConflict,
+    ValueTooLarge,
 )
 from fmredis.fallback import FallbackSessionStore
 from fmredis.lifecycle import session_ref
@@ -30,16 +33,19 @@ from fmredis.store import ISessionStore
 from fmredis.ttl_policy import SessionTTLManager
 from fmredis.ttl_rules import TTLRules
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "MAX_KEY_LENGTH",
     "CircuitBreaker",
     "ConfigManager",
     "ConfigurationError",
+    "ContextCache",
     "FallbackSessionStore",
     "FencedOut",
     "FmRedisError",
+    "FrozenDict",
+    "FrozenList",
     "HeldLock",
     "ISessionStore",
     "InMemorySessionStore",
@@ -61,10 +67,12 @@ __all__ = [
     "StoreUnavailable",
     "TTLRules",
     "UpdateConflict",
+    "ValueTooLarge",
     "__version__",
     "build_connection_pool",
     "create_redis_client",
     "diagnostics",
     "resolve_settings",
     "session_ref",
+    "thaw",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "UpdateConflict",
+    "ValueTooLarge",
 ]
 
 
@@ -51,6 +52,11 @@ class InvalidTTLError(FmRedisError, ValueError):
 
 class SerializationError(FmRedisError, TypeError):
     """A session value is not a ``dict`` that serializes to JSON; raised before anything is written."""
+
+
+class ValueTooLarge(FmRedisError, ValueError):
+    """A ``ContextCache`` value (or history message) is larger than the cache's configured limit; nothing was
+    written."""
 
 
 class StoreError(FmRedisError):

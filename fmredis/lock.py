@@ -14,7 +14,6 @@ the acquisition (or renewal), minus 1% and 2 ms for clock drift, and reports the
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 import threading
@@ -23,14 +22,13 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from fmredis.checks import MAX_KEY_LENGTH, MAX_SECONDS
 from fmredis.errors import ConfigurationError, FmRedisError, InvalidKeyError, LockLost, LockTimeout, StoreUnavailable
 from fmredis.lifecycle import events, session_ref
 from fmredis.lock_renewal import Entry, schedule
 from fmredis.lock_scripts import ACQUIRE, EXTEND, LEAVE, RELEASE
 from fmredis.redis_errors import RedisCall, redis_call
+from fmredis.redis_scripts import script
 
 __all__ = ["HeldLock", "RedisLock"]
 
@@ -46,20 +44,8 @@ _ACQUIRE, _RELEASE, _EXTEND = redis_call("lock acquire"), redis_call("lock relea
 _WAIT, _LEAVE, _LOCKED = redis_call("lock wait"), redis_call("lock leave"), redis_call("lock locked", read=True)
 
 
-def _script(source: str) -> Callable[[Any, tuple[str, ...], tuple[Any, ...]], Any]:
-    sha = hashlib.sha1(source.encode()).hexdigest()
-
-    def run(client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        try:
-            return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:  # not cached on this server yet (or flushed, or a new master): it did not run
-            return client.execute_command("EVAL", source, len(keys), *keys, *args)
-
-    return run
-
-
-_ACQUIRE_SCRIPT, _RELEASE_SCRIPT = _script(ACQUIRE), _script(RELEASE)
-_EXTEND_SCRIPT, _LEAVE_SCRIPT = _script(EXTEND), _script(LEAVE)
+_ACQUIRE_SCRIPT, _RELEASE_SCRIPT = script(ACQUIRE), script(RELEASE)
+_EXTEND_SCRIPT, _LEAVE_SCRIPT = script(EXTEND), script(LEAVE)
 
 
 def _has_hash_tag(key: str) -> bool:

@@ -8,7 +8,28 @@ could refuse a later command: the type of every key (``WRONGTYPE``) and the ACL 
 
 from __future__ import annotations
 
-__all__ = ["COMPARE_AND_SET", "FENCED", "INSERT", "MOVE"]
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+__all__ = ["COMPARE_AND_SET", "FENCED", "INSERT", "MOVE", "script"]
+
+
+def script(source: str) -> Callable[[Any, tuple[str, ...], tuple[Any, ...]], Any]:
+    """A function ``run(client, keys, args)`` that runs ``source`` by its SHA-1, sending the source only when the server
+    does not have it cached (one round trip either way but the first)."""
+    sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def run(client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        try:
+            return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:  # not cached on this server yet (or flushed, or a new master): it did not run
+            return client.execute_command("EVAL", source, len(keys), *keys, *args)
+
+    return run
+
 
 _HELPERS = """
 local function wrong_type(key, kind)

@@ -11,7 +11,7 @@ import orjson
 
 from fmredis.errors import SerializationError
 
-__all__ = ["CorruptSession", "decode_session", "encode_session", "parse_utc", "stamped", "utc_now"]
+__all__ = ["CorruptSession", "decode_session", "encode_json", "encode_session", "parse_utc", "stamped", "utc_now"]
 
 _NULL = b"null"
 
@@ -94,14 +94,21 @@ def encode_session(value: Any) -> bytes:
     """
     if not isinstance(value, dict):
         raise SerializationError(f"a session must be a dict, not {type(value).__name__}")
+    return encode_json(value, "session")
+
+
+def encode_json(value: Any, what: str) -> bytes:
+    """Serialize any JSON value with orjson, with :func:`encode_session`'s rules (``what`` names it in errors).
+
+    The error has no cause: orjson's exception, in its frames, holds the value."""
     try:
         payload = orjson.dumps(value)
     except orjson.JSONEncodeError as exc:
-        raise SerializationError(f"session is not JSON-serializable: {exc}") from exc
+        raise SerializationError(f"{what} is not JSON-serializable: {exc}") from None
     # A NaN or infinity can only hide behind a "null" in the output: scan the document only then (rarely), so the
     # common case pays one C-speed bytes search instead of a Python walk.
     if _NULL in payload and _has_non_finite(value):
-        raise SerializationError("session contains NaN or infinity, which JSON cannot represent")
+        raise SerializationError(f"{what} contains NaN or infinity, which JSON cannot represent")
     return payload
 
 

@@ -1,0 +1,1 @@
+"""Tests of fmredis.ContextCache on real redis-servers."""
