@@ -42,6 +42,7 @@ _WRITE_AND_RELEASE, _RELEASE_LEASE = script(WRITE_AND_RELEASE), script(RELEASE_L
 _SET_SCRIPT, _DELETE_SCRIPT, _LEASE_SCRIPT = script(SET), script(DELETE), script(LEASE)
 _GET, _SET, _DEL = redis_call("cache get", read=True), redis_call("cache set"), redis_call("cache delete")
 _LEASE, _HIST, _APP = redis_call("cache lease"), redis_call("cache history", read=True), redis_call("cache append")
+_MIN_PING, _MIN_LEASE = 0.01, 0.001
 #: After a read found Redis unreachable, reads with a local copy serve it without trying Redis for this long.
 _DOWN = 1.0
 _caches: weakref.WeakSet[ContextCache] = weakref.WeakSet()
@@ -110,6 +111,12 @@ class ContextCache:
             max_bytes=check_count("max_value_bytes", max_value_bytes) or 0,
         )
         self.lease = check_seconds("lease", lease, positive=True)
+        if self.lease < _MIN_LEASE:  # Redis takes it in whole milliseconds
+            raise ConfigurationError(f"lease must be at least {_MIN_LEASE} s (got {lease!r})", key="lease")
+        if check_seconds("ping_interval", ping_interval, positive=True) < _MIN_PING:
+            raise ConfigurationError(
+                f"ping_interval must be at least {_MIN_PING} s (got {ping_interval!r})", key="ping_interval"
+            )
         self._client: Any = client
         self._values, self._leases = f"{namespace}:v:", f"{namespace}:l:"
         self._hist, self._hist_bytes = f"{namespace}:h:", f"{namespace}:hb:"
@@ -208,16 +215,17 @@ class ContextCache:
         lease, token = self._leases + key, secrets.token_hex(8)
         deadline = time.monotonic() + self.lease
         wake = threading.Event()
-        pause = 0.01
+        pause, force = 0.01, False
         while True:
             with _LEASE:
                 answer = _LEASE_SCRIPT(
-                    self._client, (lease, name), (token, int(self.lease * 1000), self.stale_ttl * 1000)
+                    self._client, (lease, name), (token, int(self.lease * 1000), self.stale_ttl * 1000, int(force))
                 )
             if answer == 2:  # written since this caller's read
                 value, fresh = self._fetch(name)
                 if fresh:
                     return value
+                force = True  # fresh in Redis but not readable here (corrupt, over max_value_bytes): load over it
                 continue
             leased = answer == 1
             if leased or time.monotonic() >= deadline:
@@ -256,49 +264,67 @@ class ContextCache:
                 except StoreUnavailable:
                     pass  # the lease ends by itself
             raise
-        args = (stored, ttl_ms + self.stale_ttl * 1000, token)
+        args = (stored, ttl_ms + self.stale_ttl * 1000, token, self.stale_ttl * 1000)
         self._write(name, _SET, lambda: _WRITE_AND_RELEASE(self._client, (name, lease), args))
         return freeze(orjson.loads(payload))
 
     def _fetch(self, name: str) -> tuple[Any, bool]:
-        """``(value, fresh)`` read from Redis (``(None, False)`` if missing), filling the local tier when fresh."""
+        """``(value, fresh)`` read from Redis (``(None, False)`` if missing or unreadable), filling the local tier
+        when fresh."""
+        return self._read_through(name, _GET, (("GET", name), ("PTTL", name)), self._decode_value, self.stale_ttl)
+
+    def _decode_value(self, replies: list[Any]) -> tuple[Any, int] | None:
+        return None if replies[0] is None or replies[1] == -2 else self.codec.decode(replies[0])
+
+    def _read_through(
+        self,
+        name: str,
+        guard: Any,
+        commands: tuple[tuple[Any, ...], ...],
+        decode: Callable[[list[Any]], tuple[Any, int] | None],
+        stale_ttl: int,
+    ) -> tuple[Any, bool]:
+        """Send ``commands`` (the last one ``PTTL``) in one round trip and ``decode`` the replies into ``(value,
+        size)`` (``None``: missing): ``(value, fresh)``, the local tier filled when fresh. Redis unreachable: the
+        local copy if there is one, else ``StoreUnavailable``."""
         tier = self._tier
         if not tier.serving:
             value = self._offline(name)
             if value is not MISSING:
                 return value, True
         ticket = tier.ticket(name)
-        sent = time.monotonic()
-        probing = not tier.serving and self._probe.acquire(blocking=False)
+        probing = False
         try:
-            with _GET:
-                reply = self._pipelined(("GET", name), ("PTTL", name))
-            if not tier.serving:
-                self._reachable()
-            if reply[0] is None or reply[1] == -2:
-                tier.forget(ticket)
+            probing = not tier.serving and self._probe.acquire(blocking=False)
+            sent = time.monotonic()
+            try:
+                with guard:
+                    replies = self._pipelined(*commands)
+                self._down_until = 0.0
+                if not tier.serving:
+                    self._reachable()
+                decoded = decode(replies)
+            except StoreUnavailable:
+                value = self._unreachable(name)
+                if value is MISSING:
+                    raise
+                return value, True
+            except CorruptSession as exc:
+                self._unreadable(name, exc)
                 return None, False
-            value, size = self.codec.decode(reply[0])
-        except StoreUnavailable:
-            tier.forget(ticket)
-            value = self._unreachable(name)
-            if value is MISSING:
-                raise
+            if decoded is None:
+                return None, False
+            value, size = decoded
+            pttl = int(replies[-1])
+            fresh_ms = (pttl - stale_ttl * 1000) if pttl >= 0 else self.ttl * 1000
+            if fresh_ms <= 0:
+                return value, False
+            tier.fill(ticket, value, size, sent + fresh_ms / 1000)
             return value, True
-        except CorruptSession as exc:
-            tier.forget(ticket)
-            self._unreadable(name, exc)
-            return None, False
         finally:
+            tier.forget(ticket)  # (nothing to do if it was filled) also for an error of any other kind
             if probing:
                 self._probe.release()
-        pttl = int(reply[1])
-        fresh_ms = (pttl - self.stale_ttl * 1000) if pttl >= 0 else self.ttl * 1000
-        if fresh_ms <= 0:
-            tier.forget(ticket)
-            return value, False
-        tier.fill(ticket, value, size, sent + fresh_ms / 1000)
-        return value, True
 
     # -- conversation history ----------------------------------------------------------------------------------------
 
@@ -340,42 +366,15 @@ class ContextCache:
         return bool(deleted)
 
     def _fetch_history(self, name: str) -> FrozenList:
-        tier = self._tier
-        if not tier.serving:
-            messages = self._offline(name)
-            if messages is not MISSING:
-                return messages  # type: ignore[no-any-return]
-        ticket = tier.ticket(name)
-        sent = time.monotonic()
-        probing = not tier.serving and self._probe.acquire(blocking=False)
-        try:
-            with _HIST:
-                reply = self._pipelined(("LRANGE", name, 0, -1), ("PTTL", name))
-            if not tier.serving:
-                self._reachable()
-            if reply[1] == -2:
-                tier.forget(ticket)
-                return FrozenList()
-            decoded = [self.codec.decode(stored) for stored in reply[0]]
-        except StoreUnavailable:
-            tier.forget(ticket)
-            messages = self._unreachable(name)
-            if messages is MISSING:
-                raise
-            return messages  # type: ignore[no-any-return]
-        except CorruptSession as exc:
-            tier.forget(ticket)
-            self._unreadable(name, exc)
-            return FrozenList()
-        finally:
-            if probing:
-                self._probe.release()
-        messages = FrozenList([value for value, _ in decoded])
-        pttl = int(reply[1])
-        tier.fill(
-            ticket, messages, sum(size for _, size in decoded), sent + (pttl if pttl >= 0 else self.ttl * 1000) / 1000
-        )
-        return messages
+        commands = (("LRANGE", name, 0, -1), ("PTTL", name))
+        messages, _ = self._read_through(name, _HIST, commands, self._decode_history, 0)
+        return FrozenList() if messages is None else messages
+
+    def _decode_history(self, replies: list[Any]) -> tuple[Any, int] | None:
+        if replies[1] == -2:
+            return None
+        decoded = [self.codec.decode(stored) for stored in replies[0]]
+        return FrozenList([value for value, _ in decoded]), sum(size for _, size in decoded)
 
     # -- the rest ----------------------------------------------------------------------------------------------------
 

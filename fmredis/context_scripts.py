@@ -27,7 +27,8 @@ local count = redis.call('LLEN', KEYS[1])
 local total = 0
 if count > 0 then
   total = tonumber(redis.call('HGET', KEYS[2], 'bytes'))
-  if not total then  -- the count was lost (evicted) or garbled: count again rather than let the bound drift
+  -- lost (evicted) or garbled (each stored message takes at least 2 bytes): count again rather than let it drift
+  if not total or total ~= math.floor(total) or total < 2 * count or total >= 2 ^ 53 then
     total = 0
     for _, message in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do total = total + #message end
   end
@@ -60,24 +61,33 @@ if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('SET', KEYS[2], '', 'KEEPT
 return deleted
 """
 
-#: KEYS: lease, value. ARGV: token, ttl ms, stale ms. 1 if the lease is (now) ours, also when the call is re-sent
-#: after a lost reply; 0 if another holds it; 2 if the value is there and fresh (a loader wrote it since the caller's
-#: read: read it again rather than load it twice).
+#: KEYS: lease, value. ARGV: token, ttl ms, stale ms, force (1: the caller cannot read the value there). 1 if the
+#: lease is (now) ours, also when the call is re-sent after a lost reply; 0 if another loader holds it; 2 if the value
+#: is there and fresh (a loader wrote it since the caller's read: read it again rather than load it twice). The mark
+#: a write leaves on a lease ('') does not hold it.
 LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then return 1 end
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl == -1 or ttl > tonumber(ARGV[3]) then return 2 end
-if holder then return 0 end
+if ARGV[4] ~= '1' then
+  local ttl = redis.call('PTTL', KEYS[2])
+  if ttl == -1 or ttl > tonumber(ARGV[3]) then return 2 end
+end
+if holder and holder ~= '' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-#: KEYS: value, lease. ARGV: stored value, ttl ms, lease token. Writes the loaded value and ends the lease, unless the
-#: lease is another's (a write or delete came during the load, or another process took over): then writes nothing.
+#: KEYS: value, lease. ARGV: stored value, ttl ms, lease token, stale ms. Writes the loaded value and ends the lease
+#: if the lease is ours. If it is not (a write or delete marked it during the load, another loader holds it) nothing
+#: is written, and if there is no lease (it ran out during a slow load) only over a missing or stale value: a
+#: value written since is newer than the load. 1 if written.
 WRITE_AND_RELEASE = """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[3] then return 0 end
+if not holder then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl == -1 or ttl > tonumber(ARGV[4]) then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if holder then redis.call('DEL', KEYS[2]) end
 return 1

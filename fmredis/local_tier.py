@@ -101,7 +101,8 @@ class LocalTier:
             return True
 
     def forget(self, ticket: Ticket) -> None:
-        """Retire ``ticket`` without storing anything (the read failed or found nothing)."""
+        """Retire ``ticket`` without storing anything (the read failed or found nothing); nothing if it is already
+        retired."""
         with self._lock:
             self._retire(ticket)
 
@@ -144,7 +145,7 @@ class LocalTier:
 
     def _retire(self, ticket: Ticket) -> None:
         tickets = self._tickets.get(ticket.key)
-        if tickets is not None:
+        if tickets is not None and ticket in tickets:  # (retiring twice is harmless)
             tickets.remove(ticket)
             if not tickets:
                 del self._tickets[ticket.key]

@@ -158,6 +158,7 @@ class RedisCluster:
         ({"max_value_bytes": 0}, ValueError, "max_value_bytes"),
         ({"compress_above": -5}, ValueError, "compress_above"),
         ({"lease": 0}, ValueError, "lease"),
+        ({"lease": 0.0005}, ConfigurationError, "lease must be at least 0.001 s"),  # 0 ms: Redis refuses it
         ({"stale_ttl": -1}, InvalidTTLError, "ttl"),
         ({"ping_interval": 0}, ValueError, "ping_interval"),
         ({"start_wait": "soon"}, TypeError, "start_wait"),
