@@ -439,9 +439,11 @@ def test_an_interrupt_while_a_batch_is_taken_fails_the_rest_of_it_instead_of_los
     must end (sent by a later leader or failed), not wait for a reply nobody reads or raise ValueError at their
     timeout (the first version did both)."""
     monkeypatch.setattr(multiplex, "_ROUNDS", 1)
-    mux = Multiplexer(make_pool(server.port, socket_timeout=1.0))
+    mux = Multiplexer(make_pool(server.port, socket_timeout=5.0))
     mux.execute("PING")
-    leader = threading.Thread(target=mux.execute, args=("BLPOP", "review:nothing", "0.3"), daemon=True)
+    # The leader blocks until the helper below has queued both calls and ends its BLPOP with a push: the batch then
+    # holds all three calls however slow the machine (a fixed 0.3 s BLPOP could end with one of them not queued yet).
+    leader = threading.Thread(target=mux.execute, args=("BLPOP", "review:nothing", "4"), daemon=True)
     leader.start()
     wait_for(lambda: mux._busy, what="the leader to start")
     outcomes: list[str] = []
@@ -461,6 +463,7 @@ def test_an_interrupt_while_a_batch_is_taken_fails_the_rest_of_it_instead_of_los
 
             threading.Thread(target=call, daemon=True).start()
             wait_for(lambda count=count: len(mux._pending) == count + 1, what="a caller to queue")
+        raw.rpush("review:nothing", "go")  # all three are queued: the leader's BLPOP returns
 
     helper = threading.Thread(target=queue_two, daemon=True)
     helper.start()
