@@ -24,14 +24,13 @@ import orjson
 import redis
 
 from fmredis.checks import check_count, check_key, check_seconds, check_ttl
+from fmredis.context_core import CacheCore
 from fmredis.context_scripts import APPEND, DELETE, LEASE, RELEASE_LEASE, SET, WRITE_AND_RELEASE
 from fmredis.context_values import Codec, FrozenList, freeze
 from fmredis.errors import ConfigurationError, InvalidKeyError, StoreUnavailable, ValueTooLarge
-from fmredis.lifecycle import events, session_ref
 from fmredis.local_tier import MISSING, LocalTier
 from fmredis.redis_errors import redis_call
 from fmredis.redis_scripts import script
-from fmredis.serialization import CorruptSession
 from fmredis.tracking import InvalidationListener
 
 __all__ = ["ContextCache"]
@@ -43,10 +42,7 @@ _SET_SCRIPT, _DELETE_SCRIPT, _LEASE_SCRIPT = script(SET), script(DELETE), script
 _GET, _SET, _DEL = redis_call("cache get", read=True), redis_call("cache set"), redis_call("cache delete")
 _LEASE, _HIST, _APP = redis_call("cache lease"), redis_call("cache history", read=True), redis_call("cache append")
 _MIN_PING, _MIN_LEASE = 0.01, 0.001
-#: After a read found Redis unreachable, reads with a local copy serve it without trying Redis for this long.
-_DOWN = 1.0
 _caches: weakref.WeakSet[ContextCache] = weakref.WeakSet()
-_COUNTS = ("loads", "load_waits", "stale_served", "fallback_reads", "unreadable")
 
 
 class _Flight:
@@ -60,7 +56,7 @@ class _Flight:
         self.error: BaseException | None = None
 
 
-class ContextCache:
+class ContextCache(CacheCore):
     """JSON values and conversation histories under ``namespace`` in Redis, with a per-process local tier.
 
     ``client``: a redis-py ``Redis`` (standalone or Sentinel, RESP2, as :func:`~fmredis.create_redis_client` makes;
@@ -117,17 +113,12 @@ class ContextCache:
             raise ConfigurationError(
                 f"ping_interval must be at least {_MIN_PING} s (got {ping_interval!r})", key="ping_interval"
             )
-        self._client: Any = client
+        super().__init__(client, LocalTier(local_max or 0, (local_max or 0) // 4), self.codec, self.ttl)
         self._values, self._leases = f"{namespace}:v:", f"{namespace}:l:"
         self._hist, self._hist_bytes = f"{namespace}:h:", f"{namespace}:hb:"
-        self._tier = LocalTier(local_max or 0, (local_max or 0) // 4)
         self._flights: dict[str, _Flight] = {}
         self._waiters: dict[str, threading.Event] = {}
-        self._mutex = threading.Lock()
-        self._counts = dict.fromkeys(_COUNTS, 0)
-        self._down_until = 0.0  # monotonic time until which reads serve local copies without trying Redis
         _caches.add(self)
-        self._probe = threading.Lock()  # held by the one read that tries an unreachable Redis again
         self._listener = InvalidationListener(
             pool,
             (self._values, self._hist, self._leases),
@@ -276,56 +267,6 @@ class ContextCache:
     def _decode_value(self, replies: list[Any]) -> tuple[Any, int] | None:
         return None if replies[0] is None or replies[1] == -2 else self.codec.decode(replies[0])
 
-    def _read_through(
-        self,
-        name: str,
-        guard: Any,
-        commands: tuple[tuple[Any, ...], ...],
-        decode: Callable[[list[Any]], tuple[Any, int] | None],
-        stale_ttl: int,
-    ) -> tuple[Any, bool]:
-        """Send ``commands`` (the last one ``PTTL``) in one round trip and ``decode`` the replies into ``(value,
-        size)`` (``None``: missing): ``(value, fresh)``, the local tier filled when fresh. Redis unreachable: the
-        local copy if there is one, else ``StoreUnavailable``."""
-        tier = self._tier
-        if not tier.serving:
-            value = self._offline(name)
-            if value is not MISSING:
-                return value, True
-        ticket = tier.ticket(name)
-        probing = False
-        try:
-            probing = not tier.serving and self._probe.acquire(blocking=False)
-            sent = time.monotonic()
-            try:
-                with guard:
-                    replies = self._pipelined(*commands)
-                self._down_until = 0.0
-                if not tier.serving:
-                    self._reachable()
-                decoded = decode(replies)
-            except StoreUnavailable:
-                value = self._unreachable(name)
-                if value is MISSING:
-                    raise
-                return value, True
-            except CorruptSession as exc:
-                self._unreadable(name, exc)
-                return None, False
-            if decoded is None:
-                return None, False
-            value, size = decoded
-            pttl = int(replies[-1])
-            fresh_ms = (pttl - stale_ttl * 1000) if pttl >= 0 else self.ttl * 1000
-            if fresh_ms <= 0:
-                return value, False
-            tier.fill(ticket, value, size, sent + fresh_ms / 1000)
-            return value, True
-        finally:
-            tier.forget(ticket)  # (nothing to do if it was filled) also for an error of any other kind
-            if probing:
-                self._probe.release()
-
     # -- conversation history ----------------------------------------------------------------------------------------
 
     def append(
@@ -407,57 +348,11 @@ class ContextCache:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def _write(self, name: str, guard: Any, send: Callable[[], Any]) -> Any:
-        """``send()`` under ``guard`` (its error translation); this process's copy of ``name`` is dropped at the
-        reply, or at the failure (outcome unknown)."""
-        try:
-            with guard:
-                return send()
-        finally:
-            self._tier.invalidate((name,))
-
-    def _pipelined(self, *commands: tuple[Any, ...]) -> list[Any]:
-        """The replies to ``commands``, sent in one write (one round trip). Not atomic, and need not be: a write
-        between them also sends an invalidation, which drops what this read fills."""
-        pipe = self._client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return pipe.execute()  # type: ignore[no-any-return]
-
-    def _offline(self, name: str) -> Any:
-        """(Listener not subscribed.) Restart a listener that died with a fork; and within ``_DOWN`` seconds of a
-        read that could not reach Redis, while another read is trying it again, the unexpired local copy of ``name``
-        (a hung server would cost every read its socket timeout), else ``MISSING``."""
-        self._listener.start(0)
-        if self._down_until > time.monotonic() and self._probe.locked():
-            value = self._tier.fallback(name)
-            if value is not MISSING:
-                self._count("fallback_reads")
-            return value
-        return MISSING
-
-    def _reachable(self) -> None:
-        """(A read reached Redis while the listener is not subscribed.) Copies kept from before may have missed a
-        write: drop them."""
-        self._down_until = 0.0
-        if self._tier.sizes()[0]:
-            self._tier.flush()
-
-    def _unreachable(self, name: str) -> Any:
-        """(A read could not reach Redis.) The unexpired local copy of ``name``, or ``MISSING``."""
-        self._down_until = time.monotonic() + _DOWN
-        value = self._tier.fallback(name)
-        if value is not MISSING:
-            self._count("fallback_reads")
-        return value
-
     def _forked(self) -> None:
         # In a child only the forking thread exists: loads and waits of the parent's other threads never finish here.
-        self._mutex = threading.Lock()
-        self._probe = threading.Lock()
+        self._core_forked()
         self._flights.clear()
         self._waiters.clear()
-        self._down_until = 0.0
 
     def _wake(self, names: list[str] | None) -> None:
         """(Listener thread.) Wake the loads waiting for ``names`` (``None``: all)."""
@@ -469,14 +364,6 @@ class ContextCache:
 
     def _ttl_ms(self, ttl: int | None) -> int:
         return (self.ttl if ttl is None else check_ttl(ttl, _MAX_TTL)) * 1000
-
-    def _count(self, name: str) -> None:
-        with self._mutex:
-            self._counts[name] += 1
-
-    def _unreadable(self, name: str, exc: CorruptSession) -> None:
-        self._count("unreadable")
-        events.warning("Context cache entry %s unreadable, read as missing: %s", session_ref(name), exc)
 
 
 def _checked(key: object, what: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import redis
 
-import fmredis.context_cache as context_cache
+import fmredis.context_core as context_core
 from fmredis import ConfigurationError, ContextCache, StoreError, StoreUnavailable, create_redis_client
 from tests.cache.context_support import (
     GUARD,
@@ -325,7 +325,7 @@ def test_a_listener_drop_after_an_outage_serves_no_pre_write_copy(
     Reads that succeed once the listener has resubscribed must close it: then the listener is dropped (CLIENT KILL
     TYPE pubsub, SUBSCRIBE refused by an ACL so that it stays down), a raw write changes the key, and a read is held
     in flight (its pipeline gated): get() must return the new value, not the copy from before the drop."""
-    monkeypatch.setattr(context_cache, "_DOWN", 60.0)
+    monkeypatch.setattr(context_core, "_DOWN", 60.0)
     admin = redis.Redis(host=own_server.address[0], port=own_server.port, protocol=2)
     with contextlib.closing(admin), opened(fragile_client(own_server.url), ping_interval=0.2) as cache:
         subscriptions = cache.stats()["subscriptions"]
