@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,20 +14,11 @@ import redis
 
 from fmredis import ContextCache, create_redis_client
 from fmredis.context_values import Codec
+from tests.harness.polls import GUARD, eventually
 
 NS = "ctx"
-GUARD = 10.0  # seconds: a deadlock guard only, never an expectation
 MISSING: Any = object()
 _DECODER = Codec(compression=None, compress_above=0, max_bytes=1 << 30)
-
-
-def eventually(condition: Callable[[], object], what: str, seconds: float = GUARD) -> None:
-    """Poll ``condition`` until it is true; fail naming ``what`` if it is still false after ``seconds`` (a bound)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds} s: {what}")
-        time.sleep(0.01)
 
 
 def value_key(key: str, ns: str = NS) -> str:

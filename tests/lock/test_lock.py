@@ -29,25 +29,16 @@ from fmredis import (
     create_redis_client,
     session_ref,
 )
+from tests.harness.polls import GUARD, eventually
 from tests.harness.proxy import TcpProxy
 from tests.harness.servers import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
 SECRET = "secret-name-XYZ"
-GUARD = 10.0  # seconds: a deadlock guard only, never an expectation
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
-
-
-def eventually(condition: Callable[[], object], what: str, seconds: float = GUARD) -> None:
-    """Poll `condition` until it is true; fail naming `what` if it is still false after `seconds` (a bound only)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds} s: {what}")
-        time.sleep(0.01)
 
 
 def queued(raw: redis.Redis, lock: RedisLock) -> int:
