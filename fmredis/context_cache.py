@@ -98,10 +98,10 @@ class ContextCache(CacheCore):
                 f"namespace must be a non-empty str without spaces, braces or ':' ({namespace!r})", key="namespace"
             )
         self.namespace = namespace
-        self.ttl = check_ttl(ttl, _MAX_TTL)
+        seconds = check_ttl(ttl, _MAX_TTL)
         self.stale_ttl = 0 if stale_ttl == 0 else check_ttl(stale_ttl, _MAX_TTL)
         local_max = check_count("local_max_bytes", local_max_bytes)
-        self.codec = Codec(
+        codec = Codec(
             compression=compression,
             compress_above=check_count("compress_above", compress_above) or 0,
             max_bytes=check_count("max_value_bytes", max_value_bytes) or 0,
@@ -109,11 +109,12 @@ class ContextCache(CacheCore):
         self.lease = check_seconds("lease", lease, positive=True)
         if self.lease < _MIN_LEASE:  # Redis takes it in whole milliseconds
             raise ConfigurationError(f"lease must be at least {_MIN_LEASE} s (got {lease!r})", key="lease")
-        if check_seconds("ping_interval", ping_interval, positive=True) < _MIN_PING:
+        ping = check_seconds("ping_interval", ping_interval, positive=True)
+        if ping < _MIN_PING:
             raise ConfigurationError(
                 f"ping_interval must be at least {_MIN_PING} s (got {ping_interval!r})", key="ping_interval"
             )
-        super().__init__(client, LocalTier(local_max or 0, (local_max or 0) // 4), self.codec, self.ttl)
+        super().__init__(client, LocalTier(local_max or 0, (local_max or 0) // 4), codec, seconds)
         self._values, self._leases = f"{namespace}:v:", f"{namespace}:l:"
         self._hist, self._hist_bytes = f"{namespace}:h:", f"{namespace}:hb:"
         self._flights: dict[str, _Flight] = {}
@@ -124,7 +125,7 @@ class ContextCache(CacheCore):
             (self._values, self._hist, self._leases),
             self._tier,
             weakref.WeakMethod(self._wake),  # the listener must not keep a dropped cache alive
-            ping_interval=check_seconds("ping_interval", ping_interval, positive=True),
+            ping_interval=ping,
         )
         # A cache dropped without close() still stops its thread and gives its connection back.
         weakref.finalize(self, self._listener.stop, False)
